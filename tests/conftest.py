@@ -1,0 +1,15 @@
+"""Test-session setup: 8 simulated CPU devices and fast compiles.
+
+The device count must be set before JAX initialises its backend, so this runs first.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+
+# Tests run tiny models for a few steps: compile time dominates, so trade run-time speed for it.
+jax.config.update("jax_disable_most_optimizations", True)
