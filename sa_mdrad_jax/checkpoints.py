@@ -1,0 +1,158 @@
+"""Orbax checkpoints of train states, with the metadata that says what model they hold.
+
+Layout of a workdir:  `<workdir>/checkpoints/<step>/{state, meta}`. `meta` is JSON: the model
+config (name, width, num_classes, normalize), dataset, method and loop position. The manager keeps
+the last `keep` checkpoints plus the best one by a chosen metric; saves are asynchronous and, on
+several hosts, coordinated by Orbax (every process calls save; each writes its shards).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+MODEL_KEYS = ("name", "width", "num_classes", "normalize")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the requested model; nothing was modified."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def model_signature(model_config) -> dict:
+    """The fields that decide a model's parameter shapes, as plain JSON values."""
+    sig = {k: model_config[k] for k in MODEL_KEYS if k in model_config}
+    if isinstance(sig.get("normalize"), (list, tuple)):
+        sig["normalize"] = [list(v) for v in sig["normalize"]]
+    return sig
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
+                 best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+        preserve = [policies.LatestN(n=keep)]
+        if best_metric:
+            preserve.append(policies.BestN(
+                get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(preserve),
+            enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+        self.directory = checkpoint_dir(workdir)
+        self.best_metric = best_metric
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step() if self.best_metric else None
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def check_model(self, model_config, step: int | None = None) -> dict:
+        """Raises CheckpointMismatchError if the checkpoint holds another model; returns meta."""
+        meta = self.read_meta(step)
+        want, have = model_signature(model_config), meta.get("model", {})
+        diff = {k: (have.get(k), want[k]) for k in want if have.get(k) != want[k]}
+        if diff:
+            details = "; ".join(f"{k}: checkpoint has {h!r}, config asks {w!r}" for k, (h, w) in diff.items())
+            raise CheckpointMismatchError(
+                f"The checkpoint in {self.directory} (step {meta.get('step')}) holds a different model "
+                f"({details}). Use another --workdir, or point the config at the model it holds. "
+                "Nothing was changed on disk.")
+        return meta
+
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)),
+                          metrics=metrics, force=force)
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restores the state of `step` (default latest) into the shardings of `abstract_state`."""
+        step = self.latest_step() if step is None else step
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatchError(
+                f"The checkpoint in {self.directory} (step {step}) does not fit the model being "
+                f"restored: {e}. Nothing was changed on disk.") from e
+        return restored["state"]
+
+    def restore_raw(self, step: int | None = None) -> dict[str, Any]:
+        """The saved state as a tree of host arrays, without a target structure."""
+        step = self.latest_step() if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def load_variables(workdir: str, step: int | None = None, *, best: bool = False):
+    """(model config dict, {'params', 'batch_stats'}) of a trained model, e.g. a teacher.
+
+    Checks that the stored arrays have exactly the shapes of the model named in the metadata.
+    """
+    from sa_mdrad_jax import models
+    ckpt = Checkpointer(workdir, read_only=True, async_save=False, best_metric=None)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train the model first "
+                                "(sa-mdrad train --config=... --workdir=...).")
+    if best:
+        step = _best_step_from_metrics(ckpt)
+    meta = ckpt.read_meta(step)
+    raw = ckpt.restore_raw(step if step is not None else ckpt.latest_step())
+    variables = {"params": raw["params"], "batch_stats": raw["batch_stats"]}
+    model_cfg = meta["model"]
+    model = models.get_model(**model_cfg)
+    image_shape = tuple(meta["image_shape"])
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                              jax.ShapeDtypeStruct((1, *image_shape), "float32"), train=False)
+    check_shapes(expected, variables, where=ckpt.directory)
+    ckpt.close()
+    return model_cfg, variables, meta
+
+
+def _best_step_from_metrics(ckpt: Checkpointer) -> int | None:
+    steps = ckpt.manager.all_steps()
+    best_metric = None
+    scored = []
+    for s in steps:
+        meta = ckpt.read_meta(s)
+        metric = meta.get("best_metric")
+        if metric and metric in meta.get("metrics", {}):
+            best_metric = metric
+            scored.append((meta["metrics"][metric] * (1 if meta.get("best_mode", "max") == "max" else -1), s))
+    return max(scored)[1] if scored and best_metric else None
+
+
+def check_shapes(expected, actual, where: str) -> None:
+    """Raises CheckpointMismatchError naming the first keys whose shapes or presence differ."""
+    flat_e = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    flat_a = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(actual)}
+    missing = sorted(set(flat_e) - set(flat_a))
+    extra = sorted(set(flat_a) - set(flat_e))
+    wrong = sorted(k for k in set(flat_e) & set(flat_a) if tuple(flat_e[k]) != tuple(flat_a[k]))
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if extra:
+            parts.append(f"unexpected {extra[:5]}")
+        if wrong:
+            parts.append("wrong shapes " + ", ".join(f"{k}: {flat_a[k]} vs {flat_e[k]}" for k in wrong[:5]))
+        raise CheckpointMismatchError(f"Checkpoint in {where} does not match the model: {'; '.join(parts)}.")

@@ -1,0 +1,142 @@
+"""Loading, overriding and validating ml_collections configs.
+
+A config file is a Python module with `get_config(arg: str | None = None)` returning a
+`ml_collections.ConfigDict` of primitives and names. On the command line it is selected with
+`--config=configs/x.py[:arg]` and any field is overridden with `--config.a.b=value`, exactly as
+with `ml_collections.config_flags`; this module adds the checks that flag parsing does not do
+clearly (an unknown key lists the valid keys at that level) and the semantic checks (names of
+models, datasets, schedules resolve through their registries).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import Iterable, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config or override that cannot be used; the message says what is accepted."""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path[:arg]` by calling the module's `get_config([arg])`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist.")
+    module_spec = importlib.util.spec_from_file_location("_sa_mdrad_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"Config file {path!r} defines no get_config().")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """All leaf keys as dotted paths."""
+    keys = []
+    for name, value in config.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(flat_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raises ConfigError naming the valid keys if `dotted` is not a field of `config`."""
+    node, walked = config, []
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(walked) or "<top level>"
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ConfigError(
+                f"Unknown config key {dotted!r}: {where!r} has no field {part!r}. "
+                f"Valid keys there: {', '.join(valid) or '(none: it is a value)'}."
+            )
+        node = node[part]
+        walked.append(part)
+
+
+def check_override_args(config: ml_collections.ConfigDict, argv: Iterable[str],
+                        flag: str = "config") -> None:
+    """Checks every `--config.a.b=v` in argv names an existing field (before flag parsing)."""
+    prefix = f"--{flag}."
+    for arg in argv:
+        if arg.startswith(prefix):
+            check_key(config, arg[len(prefix):].split("=", 1)[0])
+
+
+def _require_choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"Unknown {what} {value!r}. Valid choices: {', '.join(sorted(choices))}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Semantic checks of a training config; raises ConfigError with the accepted values."""
+    # Imported here so `config` stays importable without pulling in JAX models.
+    from sa_mdrad_jax import data, models
+    from sa_mdrad_jax.train import schedules
+
+    _require_choice(config.dataset.name, list(data.DATASETS), "dataset")
+    model_configs = [config.model] if "model" in config else []
+    model_configs += [t.model for t in config.get("teachers", [])]
+    for model_config in model_configs:
+        _require_choice(model_config.name, models.available_models(), "model")
+        _require_choice(model_config.dtype, ("float32", "bfloat16"), "dtype")
+    _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
+    if config.train.batch_size <= 0:
+        raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
+    if config.checkpoint.best_mode not in ("max", "min"):
+        raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {config.checkpoint.best_mode!r}.")
+
+
+def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the fully resolved config to `workdir/config.json`; returns the path."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a training run reads, with defaults; configs in `configs/` start from this."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="cifar10",
+        data_dir="",        # '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+        image_size=0,       # 0 = the dataset's native size; digits are resized to this
+        augment=True,       # random crop (zero pad 4) + horizontal flip, inside the jitted step
+    ))
+    c.model = ml_collections.ConfigDict(dict(
+        name="resnet18",
+        width=1.0,          # channel multiplier (1.0 = the reference architecture)
+        dtype="float32",    # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+        normalize="",       # '' = none, or a dataset name whose mean/std the model applies inside
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        method="natural",
+        epochs=200,
+        batch_size=128,     # global batch, split over all devices
+        sync_bn=True,       # batch-norm statistics over the global batch
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="piecewise", boundaries=(100, 150), decay=0.1, warmup_epochs=0.0,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=500))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        keep=3, every_epochs=1, best_metric="test_accuracy", best_mode="max", async_save=True,
+    ))
+    c.log = ml_collections.ConfigDict(dict(every_steps=50, progress=True, tensorboard=True))
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False, coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
+    ))
+    return c

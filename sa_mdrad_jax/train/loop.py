@@ -1,0 +1,210 @@
+"""The training loop: data on devices, one jitted step, evaluation, checkpoints, resume.
+
+Re-running the same command with the same workdir resumes from the latest checkpoint. Random
+draws depend only on (seed, step, epoch), so a resumed run reproduces an uninterrupted one
+exactly. SIGTERM (preemption) saves a checkpoint at the current step before exiting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models
+from sa_mdrad_jax.methods import natural_loss
+from sa_mdrad_jax.train import input as input_lib, schedules, step as step_lib, writers
+from sa_mdrad_jax.train.state import TrainState, create_train_state
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config before the first step."""
+    mesh: jax.sharding.Mesh
+    info: data.DatasetInfo
+    train_split: input_lib.DeviceSplit
+    test_split: input_lib.DeviceSplit
+    per_device_batch: int
+    eval_per_device_batch: int
+    steps_per_epoch: int
+    model_config: dict
+    image_shape: tuple
+
+
+def model_config_of(config, num_classes: int) -> dict:
+    """The keyword arguments of `models.get_model` for `config.model` (primitives only)."""
+    normalize = config.model.normalize or None
+    if isinstance(normalize, (list, tuple)):
+        normalize = tuple(tuple(v) for v in normalize)
+    return {"name": config.model.name, "num_classes": num_classes, "width": float(config.model.width),
+            "dtype": config.model.dtype, "normalize": normalize}
+
+
+def prepare(config: ml_collections.ConfigDict) -> Setup:
+    """Loads this process's data shards onto the mesh and derives batch geometry."""
+    mesh = step_lib.make_mesh()
+    n_dev = mesh.devices.size
+    if config.train.batch_size % n_dev:
+        raise config_lib.ConfigError(
+            f"train.batch_size={config.train.batch_size} must be divisible by the {n_dev} devices.")
+    ds = config.dataset
+    info = data.dataset_info(ds.name, ds.image_size or None)
+    load = functools.partial(data.load_split, ds.name, data_dir=ds.data_dir or None,
+                             image_size=ds.image_size or None, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    per_device_batch = config.train.batch_size // n_dev
+    eval_per_device_batch = max(1, -(-config.eval.batch_size // n_dev))
+    train_split = input_lib.put_split(mesh, *load("train"), drop_remainder=True)
+    test_split = input_lib.put_split(mesh, *load("test"), drop_remainder=False,
+                                     multiple_of=eval_per_device_batch)
+    steps_per_epoch = train_split.per_device // per_device_batch
+    if steps_per_epoch == 0:
+        raise config_lib.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training split "
+            f"({train_split.per_device * n_dev} examples on {n_dev} devices).")
+    image_shape = (info.image_size, info.image_size, 3)
+    return Setup(mesh, info, train_split, test_split, per_device_batch, eval_per_device_batch,
+                 steps_per_epoch, model_config_of(config, info.num_classes), image_shape)
+
+
+def evaluate(eval_on, variables, split: input_lib.DeviceSplit, per_device_batch: int) -> dict:
+    total = None
+    for i in range(split.per_device // per_device_batch):
+        m = eval_on(variables, split, i)
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    total = jax.device_get(total)
+    return {"loss": float(total["loss_sum"] / total["count"]),
+            "accuracy": float(total["correct"] / total["count"]), "count": int(total["count"])}
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = False) -> dict:
+    """Natural training of `config.model` on `config.dataset`; returns the final test metrics."""
+    distributed.maybe_initialize(config.distributed)
+    config_lib.validate(config)
+    setup = prepare(config)
+    mesh = setup.mesh
+    sync_bn = config.train.sync_bn
+    model = models.get_model(**setup.model_config, bn_axis_name=step_lib.DATA if sync_bn else None)
+    epochs = config.train.epochs
+    total_steps = epochs * setup.steps_per_epoch
+    schedule = schedules.make_schedule(config.optim, setup.steps_per_epoch, epochs)
+    tx = schedules.make_optimizer(config.optim, schedule)
+
+    replicated = NamedSharding(mesh, P())
+    abstract = jax.eval_shape(functools.partial(create_train_state, model, tx, setup.image_shape, config.seed))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+
+    ckpt = checkpoints.Checkpointer(
+        workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric or None,
+        best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
+    meta = {"model": checkpoints.model_signature(setup.model_config), "dataset": config.dataset.name,
+            "image_shape": list(setup.image_shape), "method": config.train.method,
+            "steps_per_epoch": setup.steps_per_epoch, "best_metric": config.checkpoint.best_metric,
+            "best_mode": config.checkpoint.best_mode}
+    if ckpt.latest_step() is not None:
+        ckpt.check_model(setup.model_config)
+        state = ckpt.restore(abstract)
+    else:
+        state = jax.jit(functools.partial(create_train_state, model, tx, setup.image_shape, config.seed),
+                        out_shardings=replicated)()
+    if jax.process_index() == 0:
+        config_lib.write_resolved(config, workdir)
+
+    loss_fn = functools.partial(natural_loss, model)
+    train_step = step_lib.make_train_step(loss_fn, tx, mesh, augment=config.dataset.augment, sync_bn=sync_bn)
+    eval_step = step_lib.make_eval_step(model, mesh)
+    train_on, eval_on = step_lib.compiled_epoch_fns(
+        train_step, eval_step, mesh, per_device_batch=setup.per_device_batch,
+        eval_per_device_batch=setup.eval_per_device_batch)
+
+    writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard)
+    step = int(jax.device_get(state.step))
+    progress = writers.Progress(total_steps, step, desc=f"{config.model.name}",
+                                enabled=config.log.progress and not quiet)
+    test_metrics = {}
+    log_every = max(1, config.log.every_steps)
+    with _Preemption() as preemption:
+        for epoch in range(step // setup.steps_per_epoch, epochs):
+            order = input_lib.epoch_order(state.key, jnp.int32(epoch), mesh=mesh,
+                                          per_device=setup.train_split.per_device)
+            window, window_start, t0 = None, step, time.perf_counter()
+            for i in range(step - epoch * setup.steps_per_epoch, setup.steps_per_epoch):
+                state, m = train_on(state, setup.train_split, order, i)
+                window = m if window is None else jax.tree.map(jnp.add, window, m)
+                step += 1
+                progress.update()
+                if step % log_every == 0 or i == setup.steps_per_epoch - 1:
+                    stats = _summarise(jax.device_get(window), step, schedule,
+                                       (step - window_start), time.perf_counter() - t0,
+                                       config.train.batch_size, ckpt)
+                    writer.write(step, "train", stats)
+                    progress.show(loss=stats["loss"], acc=stats["accuracy"], img_s=round(stats["img_per_s"]))
+                    window, window_start, t0 = None, step, time.perf_counter()
+                if preemption.requested:
+                    ckpt.save(step, state, {**meta, "step": step, "preempted": True}, force=True)
+                    ckpt.wait()
+                    progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume.")
+                    raise SystemExit(143)
+            test_metrics = {f"test_{k}": v for k, v in
+                            evaluate(eval_on, state.variables, setup.test_split,
+                                     setup.eval_per_device_batch).items() if k != "count"}
+            test_metrics["epoch"] = epoch + 1
+            writer.write(step, "eval", test_metrics)
+            progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}")
+            if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == epochs:
+                ckpt.save(step, state, {**meta, "step": step, "metrics": test_metrics},
+                          metrics=test_metrics)
+    ckpt.wait()
+    progress.close()
+    writer.close()
+    if not test_metrics:  # already finished: report the stored result
+        test_metrics = {f"test_{k}": v for k, v in
+                        evaluate(eval_on, state.variables, setup.test_split,
+                                 setup.eval_per_device_batch).items() if k != "count"}
+    ckpt.close()
+    return {**test_metrics, "step": step}
+
+
+def _summarise(window: dict, step: int, schedule, n_steps: int, seconds: float, batch_size: int,
+               ckpt: checkpoints.Checkpointer) -> dict:
+    loss = float(window["loss_sum"] / window["count"])
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"The training loss became {loss} by step {step}. The last checkpoint "
+            f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or check the "
+            "data, then re-run the same command to resume from it.")
+    return {"loss": loss, "accuracy": float(window["correct"] / window["count"]),
+            "lr": float(schedule(step - 1)), "img_per_s": n_steps * batch_size / max(seconds, 1e-9)}

@@ -1,0 +1,110 @@
+"""The jitted, data-parallel train and eval steps.
+
+Both are `jax.shard_map`s over the `'data'` mesh axis inside one `jax.jit`: the state is
+replicated, the batch is split along its first axis, gradients are averaged with `pmean`, and
+batch-norm statistics are either synchronised inside the model (`bn_axis_name='data'`, the
+global-batch statistics a single device would compute) or averaged after the step.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from sa_mdrad_jax.data import augment as augment_lib
+from sa_mdrad_jax.train import input as input_lib
+from sa_mdrad_jax.train.state import TrainState
+
+DATA = input_lib.DATA_AXIS
+
+# loss_fn(params, batch_stats, images in [0,1], labels, key) -> (loss, (logits, new_batch_stats))
+LossFn = Callable[..., tuple[jax.Array, tuple[jax.Array, dict]]]
+
+
+def step_key(state: TrainState) -> jax.Array:
+    return jax.random.fold_in(state.key, state.step)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, *, augment: bool = True,
+                    pad: int = 4, sync_bn: bool = True):
+    """Returns `train_step(state, batch, key) -> (state, metrics)`, pure and jit-compatible.
+
+    `batch` holds uint8 images and int32 labels sharded P('data'). Random crop/flip parameters
+    are drawn for the whole global batch from `key` and split with it, so the step computes the
+    same thing on 1 device as on N. Metrics are global sums: loss·n, correct, n.
+    """
+    def local_step(state, images, labels, aug, key):
+        x = augment_lib.augment(images, aug, pad=pad) if augment else augment_lib.to_float(images)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, labels, key)
+        grads = jax.lax.pmean(grads, DATA)
+        if not sync_bn:
+            batch_stats = jax.lax.pmean(batch_stats, DATA)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        n = jnp.asarray(labels.shape[0], jnp.float32)
+        metrics = {
+            "loss_sum": jax.lax.psum(loss * n, DATA),
+            "correct": jax.lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32), DATA),
+            "count": jax.lax.psum(n, DATA),
+        }
+        state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+        return state, metrics
+
+    sharded = jax.shard_map(
+        local_step, mesh=mesh,
+        in_specs=(P(), P(DATA), P(DATA), P(DATA), P()),
+        out_specs=(P(), P()))
+
+    def train_step(state: TrainState, batch: dict, key: jax.Array):
+        aug = augment_lib.sample_augment_params(key, batch["label"].shape[0], pad=pad)
+        return sharded(state, batch["image"], batch["label"], aug, key)
+
+    return train_step
+
+
+def make_eval_step(model, mesh):
+    """Returns `eval_step(variables, batch) -> metrics` (global sums over unmasked examples)."""
+    def local(variables, images, labels, mask):
+        logits, _ = model.apply(variables, augment_lib.to_float(images), train=False)
+        weight = mask.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {
+            "loss_sum": jax.lax.psum(jnp.sum(loss * weight), DATA),
+            "correct": jax.lax.psum(jnp.sum((jnp.argmax(logits, -1) == labels) * weight), DATA),
+            "count": jax.lax.psum(jnp.sum(weight), DATA),
+        }
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA)), out_specs=P())
+
+    def eval_step(variables, batch):
+        return sharded(variables, batch["image"], batch["label"], batch["mask"])
+
+    return eval_step
+
+
+def make_mesh(devices=None):
+    """A 1-D mesh named 'data' over `devices` (default: every device of every process)."""
+    import numpy as np
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), (DATA,))
+
+
+def compiled_epoch_fns(train_step, eval_step, mesh, *, per_device_batch: int, eval_per_device_batch: int):
+    """The loop's two jitted functions: gather-and-train one batch; evaluate one batch."""
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_on(state, split, order, index):
+        batch = input_lib.gather_batch(split, order, index, mesh=mesh, per_device_batch=per_device_batch)
+        return train_step(state, batch, step_key(state))
+
+    @jax.jit
+    def eval_on(variables, split, index):
+        batch = input_lib.eval_batch(split, index, mesh=mesh, per_device_batch=eval_per_device_batch)
+        return eval_step(variables, batch)
+
+    return train_on, eval_on
