@@ -1,0 +1,282 @@
+"""Datasets: registry, per-process loading into numpy, and TFDS preparation.
+
+``load_split`` returns the whole shard of one process as host numpy arrays
+(``uint8 [n, H, W, 3]`` images, ``int32 [n]`` labels). Process ``p`` of ``P``
+gets the contiguous example range ``[p*N//P, (p+1)*N//P)`` of the split and
+reads only that range.
+
+* ``digits``: scikit-learn's bundled 8x8 digits, upscaled bilinearly; fixed
+  stratified 80/20 split (1437/360). Needs no network and no preparation.
+* ``cifar10``/``cifar100``/``tiny_imagenet``: read with ``tfds.data_source``
+  (random access to ``array_record`` files, no TensorFlow needed). Loading never
+  downloads: a missing dataset raises :class:`DatasetNotFoundError` naming the
+  command that prepares it (``sa-mdrad prepare ...`` -> :func:`prepare`).
+  Preparing CIFAR needs TensorFlow (TFDS encodes its images with TF): install
+  the ``prepare`` extra. Preparing Tiny-ImageNet does not.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "dataset_info",
+    "load_split",
+    "prepare",
+    "default_data_dir",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    image_size: int
+    splits: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", 10, 32, ("train", "test")),
+    "cifar10": DatasetInfo("cifar10", 10, 32, ("train", "test")),
+    "cifar100": DatasetInfo("cifar100", 100, 32, ("train", "test")),
+    "tiny_imagenet": DatasetInfo("tiny_imagenet", 200, 64, ("train", "test")),
+}
+
+# Our dataset name -> TFDS builder name, and our split name -> TFDS split name.
+_TFDS_NAME = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny_imagenet": "tiny_imagenet200"}
+_TFDS_SPLIT = {
+    "cifar10": {"train": "train", "test": "test"},
+    "cifar100": {"train": "train", "test": "test"},
+    "tiny_imagenet": {"train": "train", "test": "validation"},
+}
+# TFDS's own CIFAR builders yield numpy images, which TFDS can only encode with TensorFlow.
+_PREPARE_NEEDS_TF = frozenset({"cifar10", "cifar100"})
+PREPARE_EXTRA_HINT = 'pip install "sa_mdrad_jax[prepare]"'
+
+_READ_CHUNK = 1024
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not prepared in the data_dir (and loading never downloads)."""
+
+
+def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
+    """Registry entry for ``name``; ``image_size`` overrides the size (only ``digits`` is resizable)."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
+    info = DATASETS[name]
+    if image_size is None or image_size == info.image_size:
+        return info
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if name != "digits":
+        raise ValueError(
+            f"Dataset {name!r} is only available at its native image_size={info.image_size} "
+            f"(got {image_size}); only 'digits' can be resized."
+        )
+    return dataclasses.replace(info, image_size=int(image_size))
+
+
+def default_data_dir() -> str:
+    """TFDS's default data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    return os.fspath(data_dir) if data_dir is not None else default_data_dir()
+
+
+def _shard_range(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got process_index={process_index}, "
+            f"process_count={process_count}"
+        )
+    return process_index * n // process_count, (process_index + 1) * n // process_count
+
+
+def _check_split(info: DatasetInfo, split: str) -> None:
+    if split not in info.splits:
+        raise ValueError(f"Unknown split {split!r} for dataset {info.name!r}; valid splits: {list(info.splits)}")
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+    cmd = f"sa-mdrad prepare --dataset={name} --data_dir={data_dir}"
+    if name == "tiny_imagenet":
+        cmd += " --manual_dir=<dir containing tiny-imagenet-200.zip>"
+    return cmd
+
+
+def _not_found_message(name: str, data_dir: str, detail: str) -> str:
+    tfds_name = _TFDS_NAME[name]
+    lines = [
+        f"Dataset {name!r} (TFDS builder {tfds_name!r}) {detail} in data_dir {data_dir!r} "
+        f"(looked under {os.path.join(data_dir, tfds_name)!r}). Loading never downloads; "
+        "prepare it once with:",
+        f"    {prepare_command(name, data_dir)}",
+    ]
+    if name == "tiny_imagenet":
+        lines.append(
+            "(without --manual_dir, tiny-imagenet-200.zip is downloaded from "
+            "http://cs231n.stanford.edu/tiny-imagenet-200.zip)"
+        )
+    if name in _PREPARE_NEEDS_TF:
+        lines.append(f"Preparing {name} needs TensorFlow; install it first with: {PREPARE_EXTRA_HINT}")
+    return "\n".join(lines)
+
+
+def _prepared_formats(data_dir: str, tfds_name: str) -> tuple[bool, bool]:
+    """(has dataset_info.json, has array_record shards) anywhere under data_dir/tfds_name."""
+    from etils import epath
+
+    root = epath.Path(data_dir) / tfds_name
+    try:
+        if not root.exists():
+            return False, False
+        has_info = any(True for _ in root.glob("**/dataset_info.json"))
+        has_ar = any(True for _ in root.glob("**/*.array_record*"))
+    except OSError:
+        return False, False
+    return has_info, has_ar
+
+
+def _open_tfds_source(name: str, split: str, data_dir: str):
+    import tensorflow_datasets as tfds
+
+    if name == "tiny_imagenet":
+        from sa_mdrad_jax.data import tiny_imagenet  # noqa: F401  (registers the builder)
+
+    tfds_name = _TFDS_NAME[name]
+    try:
+        return tfds.data_source(
+            tfds_name, split=_TFDS_SPLIT[name][split], data_dir=data_dir, download=False
+        )
+    except Exception as e:  # TFDS raises assorted types for "not there"; diagnose on disk.
+        has_info, has_ar = _prepared_formats(data_dir, tfds_name)
+        if has_info and has_ar:
+            raise
+        detail = (
+            "is prepared but not in array_record format (tfds.data_source needs array_record; "
+            "prepare it into a fresh data_dir)"
+            if has_info
+            else "is not prepared"
+        )
+        raise DatasetNotFoundError(_not_found_message(name, data_dir, detail)) from e
+
+
+def _batch_getter(source):
+    """Batched record reader: ``source.__getitems__`` when the storage really supports it."""
+    inner = getattr(source, "data_source", None)
+    if inner is not None and callable(getattr(type(inner), "__getitems__", None)):
+        return source.__getitems__
+    # e.g. tfds.testing.mock_data's stand-in storage, whose __getitems__ is not usable.
+    return lambda keys: [source[k] for k in keys]
+
+
+def _as_rgb(image: Any, size: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape != (size, size, 3):
+        raise ValueError(f"expected an image of shape {(size, size, 3)}, got {image.shape}")
+    return image
+
+
+def _read_range(source, start: int, stop: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    n = stop - start
+    images = np.empty((n, image_size, image_size, 3), np.uint8)
+    labels = np.empty((n,), np.int32)
+    get = _batch_getter(source)
+
+    def read_chunk(lo: int) -> None:
+        hi = min(lo + _READ_CHUNK, n)
+        records = get(list(range(start + lo, start + hi)))
+        if len(records) != hi - lo:
+            raise IndexError(f"asked for {hi - lo} records, got {len(records)}")
+        for i, rec in enumerate(records):
+            images[lo + i] = _as_rgb(rec["image"], image_size)
+            labels[lo + i] = rec["label"]
+
+    chunk_starts = range(0, n, _READ_CHUNK)
+    if len(chunk_starts) <= 1:
+        for lo in chunk_starts:
+            read_chunk(lo)
+    else:
+        # Image decoding (PIL/OpenCV) releases the GIL; array_record reads are thread-safe.
+        workers = min(len(chunk_starts), os.cpu_count() or 1, 16)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for fut in [pool.submit(read_chunk, lo) for lo in chunk_starts]:
+                fut.result()
+    return images, labels
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """This process's contiguous shard of a split: (uint8 [n,H,W,3] images, int32 [n] labels).
+
+    Process ``p`` of ``P`` gets examples ``[p*N//P, (p+1)*N//P)`` of the ``N``-example split
+    and reads only those from storage. ``split`` is 'train' or 'test' ('test' is TFDS
+    'validation' for Tiny-ImageNet). ``data_dir=None`` means TFDS's default data dir.
+    """
+    info = dataset_info(name, image_size)
+    _check_split(info, split)
+    _shard_range(1, process_index, process_count)  # validate early
+    if name == "digits":
+        from sa_mdrad_jax.data import digits
+
+        _, all_labels = digits._splits(info.image_size)[split]
+        start, stop = _shard_range(len(all_labels), process_index, process_count)
+        return digits.load(split, info.image_size, start, stop)
+
+    source = _open_tfds_source(name, split, _resolve_data_dir(data_dir))
+    start, stop = _shard_range(len(source), process_index, process_count)
+    return _read_range(source, start, stop, info.image_size)
+
+
+def _tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> None:
+    """Download (or take from ``manual_dir``) and prepare a TFDS dataset as array_record.
+
+    No-op for ``digits``. CIFAR needs TensorFlow (``pip install "sa_mdrad_jax[prepare]"``);
+    Tiny-ImageNet does not, and uses ``<manual_dir>/tiny-imagenet-200.zip`` when present.
+    """
+    dataset_info(name)
+    if name == "digits":
+        return
+    if name in _PREPARE_NEEDS_TF and not _tensorflow_available():
+        raise ImportError(
+            f"Preparing {name!r} needs TensorFlow (TFDS's {_TFDS_NAME[name]} builder encodes its "
+            f"images with it); install it with: {PREPARE_EXTRA_HINT}. Reading prepared data does "
+            "not need TensorFlow."
+        )
+    import tensorflow_datasets as tfds
+
+    if name == "tiny_imagenet":
+        from sa_mdrad_jax.data import tiny_imagenet  # noqa: F401  (registers the builder)
+
+    resolved = _resolve_data_dir(data_dir)
+    builder = tfds.builder(_TFDS_NAME[name], data_dir=resolved, file_format="array_record")
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir) if manual_dir is not None else None
+    )
+    builder.download_and_prepare(download_config=download_config)
