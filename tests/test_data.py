@@ -283,3 +283,32 @@ def test_augment_jit_range_and_sliced_params():
     stacked = jax.tree.map(lambda a: a.reshape(2, 4, *a.shape[1:]), params)
     out_v = jax.vmap(lambda im, p: aug.augment(im, p, pad=4))(x.reshape(2, 4, 32, 32, 3), stacked)
     np.testing.assert_allclose(np.asarray(out_v).reshape(out.shape), np.asarray(out), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- prepare / data_dir
+
+
+def test_prepare_digits_is_noop(tmp_path):
+    data.prepare("digits", data_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="valid names"):
+        data.prepare("mnist", data_dir=str(tmp_path))
+
+
+def test_prepare_cifar_without_tensorflow_names_the_extra(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec(
+        "importlib_resources"
+    ) is not None:
+        pytest.skip("the prepare extra is installed")
+    with pytest.raises(ImportError, match=r'pip install "sa_mdrad_jax\[prepare\]"'):
+        data.prepare("cifar100", data_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_data_dir_is_resolved_in_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    assert data.default_data_dir() == str(tmp_path)
+    with pytest.raises(data.DatasetNotFoundError, match=f"--data_dir={tmp_path}"):
+        data.load_split("cifar100", "test")

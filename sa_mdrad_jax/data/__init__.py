@@ -250,8 +250,11 @@ def load_split(
     return _read_range(source, start, stop, info.image_size)
 
 
-def _tensorflow_available() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
+def _missing_prepare_modules(name: str) -> list[str]:
+    if name not in _PREPARE_NEEDS_TF:
+        return []
+    # TFDS 4.9.10's own builders also need importlib_resources (undeclared for Python >= 3.9).
+    return [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]
 
 
 def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> None:
@@ -263,11 +266,12 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
     dataset_info(name)
     if name == "digits":
         return
-    if name in _PREPARE_NEEDS_TF and not _tensorflow_available():
+    missing = _missing_prepare_modules(name)
+    if missing:
         raise ImportError(
-            f"Preparing {name!r} needs TensorFlow (TFDS's {_TFDS_NAME[name]} builder encodes its "
-            f"images with it); install it with: {PREPARE_EXTRA_HINT}. Reading prepared data does "
-            "not need TensorFlow."
+            f"Preparing {name!r} needs {' and '.join(missing)} (TFDS's {_TFDS_NAME[name]} builder "
+            f"encodes its images with TensorFlow); install them with: {PREPARE_EXTRA_HINT}. "
+            "Reading prepared data does not need them."
         )
     import tensorflow_datasets as tfds
 
