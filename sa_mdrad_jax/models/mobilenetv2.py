@@ -91,6 +91,6 @@ def _mobilenetv2(cfg, stem_channels=32, last_channels=1280):
 
 
 mobilenetv2 = register("mobilenetv2")(_mobilenetv2(CIFAR_CFG))
-#: One narrow block per resolution: 32x32 (identity + projection shortcuts), 16, 8, 4.
+#: Narrow, 4 blocks: projection and identity shortcuts at full resolution, then two stride-2 blocks.
 mobilenetv2_tiny = register("mobilenetv2_tiny")(_mobilenetv2(
-    ((1, 8, 1, 1), (2, 12, 2, 1), (2, 16, 1, 2), (2, 24, 1, 2), (2, 32, 1, 2)), 8, 64))
+    ((1, 8, 1, 1), (2, 12, 2, 1), (2, 16, 1, 2), (2, 24, 1, 2)), 8, 64))
