@@ -25,6 +25,9 @@ KEY = jax.random.PRNGKey(0)
 #   DenseNet121 (growth 32, reduction 0.5);
 #   TRADES / RobustBench WideResNet (bias-free convs, 1x1 conv shortcut when channels change, final
 #   BN, `fc` with bias), depth-widen 34-10, 28-10, 16-4 (and 10-1 = wrn_tiny).
+# The forward passes (eval and train mode, width 1) were also cross-checked once against functional
+# PyTorch versions of those definitions on ported weights: logits agree to ~1e-6. (The running
+# variance differs slightly by design: PyTorch updates it with the unbiased batch variance.)
 FULL_PARAM_COUNTS = [
     ("resnet18", 10, 11_173_962),
     ("resnet18", 100, 11_220_132),
@@ -265,9 +268,9 @@ def test_bfloat16_compute(name):
     out, feats = apply_bf16(variables, x)  # the same float32 variables, bf16 compute
     assert out.dtype == jnp.float32
     assert feats["final"].dtype == jnp.bfloat16
-    # bf16 has an 8-bit mantissa (~0.4% per rounding); allow a few percent of the logit scale.
+    # bf16 has an 8-bit mantissa; the observed error is ~0.3-0.5% of the logit scale, allow 2%.
     scale = float(np.max(np.abs(np.asarray(ref))))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.05 * scale, rtol=0.05)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.02 * scale, rtol=0.02)
     assert not np.array_equal(np.asarray(out), np.asarray(ref))  # it really computed in bf16
 
 
