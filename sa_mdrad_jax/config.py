@@ -82,11 +82,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from sa_mdrad_jax.train import schedules
 
     _require_choice(config.dataset.name, list(data.DATASETS), "dataset")
+    if "model" not in config:
+        raise ConfigError("This config has no 'model' field, so it cannot train a single model "
+                          "(a config with 'teachers' only is run by `sa-mdrad quickstart`).")
     model_configs = [config.model] if "model" in config else []
-    model_configs += [t.model for t in config.get("teachers", [])]
+    model_configs += [t.model for t in dict(config.get("teachers", {})).values()]
     for model_config in model_configs:
         _require_choice(model_config.name, models.available_models(), "model")
         _require_choice(model_config.dtype, ("float32", "bfloat16"), "dtype")
+    if "model" in config and config.model.normalize:
+        from sa_mdrad_jax.models import common
+        if isinstance(config.model.normalize, str):
+            _require_choice(config.model.normalize, list(common.NORMALIZATION), "normalization")
     _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
     if config.train.batch_size <= 0:
         raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
@@ -113,7 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
         name="cifar10",
         data_dir="",        # '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         image_size=0,       # 0 = the dataset's native size; digits are resized to this
-        augment=True,       # random crop (zero pad 4) + horizontal flip, inside the jitted step
+        augment=True,       # random crop after zero padding (+ flip), inside the jitted step
+        crop_pad=4,         # zero padding before the random crop
+        flip=True,          # random horizontal flip (off for digits: a mirrored digit is another glyph)
     ))
     c.model = ml_collections.ConfigDict(dict(
         name="resnet18",
@@ -126,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
         epochs=200,
         batch_size=128,     # global batch, split over all devices
         sync_bn=True,       # batch-norm statistics over the global batch
+        max_steps=0,        # > 0: stop (and checkpoint) after this many steps in total
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,

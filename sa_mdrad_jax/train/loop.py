@@ -78,16 +78,6 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                  steps_per_epoch, model_config_of(config, info.num_classes), image_shape)
 
 
-def evaluate(eval_on, variables, split: input_lib.DeviceSplit, per_device_batch: int) -> dict:
-    total = None
-    for i in range(split.per_device // per_device_batch):
-        m = eval_on(variables, split, i)
-        total = m if total is None else jax.tree.map(jnp.add, total, m)
-    total = jax.device_get(total)
-    return {"loss": float(total["loss_sum"] / total["count"]),
-            "accuracy": float(total["correct"] / total["count"]), "count": int(total["count"])}
-
-
 class _Preemption:
     """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit."""
 
@@ -120,6 +110,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     model = models.get_model(**setup.model_config, bn_axis_name=step_lib.DATA if sync_bn else None)
     epochs = config.train.epochs
     total_steps = epochs * setup.steps_per_epoch
+    if config.train.max_steps > 0:
+        total_steps = min(total_steps, config.train.max_steps)
     schedule = schedules.make_schedule(config.optim, setup.steps_per_epoch, epochs)
     tx = schedules.make_optimizer(config.optim, schedule)
 
@@ -144,7 +136,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         config_lib.write_resolved(config, workdir)
 
     loss_fn = functools.partial(natural_loss, model)
-    train_step = step_lib.make_train_step(loss_fn, tx, mesh, augment=config.dataset.augment, sync_bn=sync_bn)
+    train_step = step_lib.make_train_step(loss_fn, tx, mesh, augment=config.dataset.augment,
+                                           pad=config.dataset.crop_pad, flip=config.dataset.flip, sync_bn=sync_bn)
     eval_step = step_lib.make_eval_step(model, mesh)
     train_on, eval_on = step_lib.compiled_epoch_fns(
         train_step, eval_step, mesh, per_device_batch=setup.per_device_batch,
@@ -157,16 +150,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     test_metrics = {}
     log_every = max(1, config.log.every_steps)
     with _Preemption() as preemption:
-        for epoch in range(step // setup.steps_per_epoch, epochs):
+        for epoch in range(step // setup.steps_per_epoch, -(-total_steps // setup.steps_per_epoch)):
             order = input_lib.epoch_order(state.key, jnp.int32(epoch), mesh=mesh,
                                           per_device=setup.train_split.per_device)
             window, window_start, t0 = None, step, time.perf_counter()
-            for i in range(step - epoch * setup.steps_per_epoch, setup.steps_per_epoch):
+            end = min(setup.steps_per_epoch, total_steps - epoch * setup.steps_per_epoch)
+            for i in range(step - epoch * setup.steps_per_epoch, end):
                 state, m = train_on(state, setup.train_split, order, i)
                 window = m if window is None else jax.tree.map(jnp.add, window, m)
                 step += 1
                 progress.update()
-                if step % log_every == 0 or i == setup.steps_per_epoch - 1:
+                if step % log_every == 0 or i == end - 1:
                     stats = _summarise(jax.device_get(window), step, schedule,
                                        (step - window_start), time.perf_counter() - t0,
                                        config.train.batch_size, ckpt)
@@ -179,12 +173,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                     progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume.")
                     raise SystemExit(143)
             test_metrics = {f"test_{k}": v for k, v in
-                            evaluate(eval_on, state.variables, setup.test_split,
+                            step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
                                      setup.eval_per_device_batch).items() if k != "count"}
             test_metrics["epoch"] = epoch + 1
             writer.write(step, "eval", test_metrics)
             progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}")
-            if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == epochs:
+            if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
                 ckpt.save(step, state, {**meta, "step": step, "metrics": test_metrics},
                           metrics=test_metrics)
     ckpt.wait()
@@ -192,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     writer.close()
     if not test_metrics:  # already finished: report the stored result
         test_metrics = {f"test_{k}": v for k, v in
-                        evaluate(eval_on, state.variables, setup.test_split,
+                        step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
                                  setup.eval_per_device_batch).items() if k != "count"}
     ckpt.close()
     return {**test_metrics, "step": step}

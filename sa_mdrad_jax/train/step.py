@@ -30,7 +30,7 @@ def step_key(state: TrainState) -> jax.Array:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, *, augment: bool = True,
-                    pad: int = 4, sync_bn: bool = True):
+                    pad: int = 4, flip: bool = True, sync_bn: bool = True):
     """Returns `train_step(state, batch, key) -> (state, metrics)`, pure and jit-compatible.
 
     `batch` holds uint8 images and int32 labels sharded P('data'). Random crop/flip parameters
@@ -63,6 +63,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, *, 
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
         aug = augment_lib.sample_augment_params(key, batch["label"].shape[0], pad=pad)
+        if not flip:
+            aug["flips"] = jnp.zeros_like(aug["flips"])
         return sharded(state, batch["image"], batch["label"], aug, key)
 
     return train_step
@@ -108,3 +110,14 @@ def compiled_epoch_fns(train_step, eval_step, mesh, *, per_device_batch: int, ev
         return eval_step(variables, batch)
 
     return train_on, eval_on
+
+
+def evaluate_split(eval_on, variables, split: input_lib.DeviceSplit, per_device_batch: int) -> dict:
+    """Clean metrics over every unmasked example of `split`."""
+    total = None
+    for i in range(split.per_device // per_device_batch):
+        m = eval_on(variables, split, i)
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    total = jax.device_get(total)
+    return {"loss": float(total["loss_sum"] / total["count"]),
+            "accuracy": float(total["correct"] / total["count"]), "count": int(total["count"])}

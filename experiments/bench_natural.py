@@ -1,0 +1,119 @@
+"""Benchmark of the natural (teacher-training) step: img/s, compile time, peak memory, FLOPs.
+
+  python experiments/bench_natural.py --models=resnet18,mobilenetv2 --batch=128 --image_size=32
+  python experiments/bench_natural.py --models=resnet18 --width=0.25 --image_size=16 --batch=64
+
+Times the same jitted function the training loop runs (gather from the on-device split +
+augmentation + forward/backward + SGD update, data-parallel over all devices), after compilation,
+with `block_until_ready`; reports the median of `--reps` timings of `--steps` steps each and their
+spread. FLOPs are analytic: 3 × the forward's FLOPs (XLA cost analysis of the forward alone, which
+has no loops), per performance.md. Writes JSON (and prints a Markdown table).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import resource
+import time
+
+from absl import app, flags
+
+flags.DEFINE_list("models", ["resnet18", "mobilenetv2"], "Zoo model names.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier.")
+flags.DEFINE_integer("batch", 128, "Global batch size.")
+flags.DEFINE_integer("image_size", 32, "Square image size.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("steps", 10, "Steps per timed repetition.")
+flags.DEFINE_integer("reps", 5, "Timed repetitions.")
+flags.DEFINE_string("out", "", "Write results JSON here.")
+FLAGS = flags.FLAGS
+
+
+def forward_flops(model, variables, image_shape) -> float:
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS (CPU backend)"
+
+
+def bench_model(name: str) -> dict:
+    from sa_mdrad_jax import models
+    from sa_mdrad_jax.config import base_config
+    from sa_mdrad_jax.methods import natural_loss
+    from sa_mdrad_jax.train import input as input_lib, schedules, step as step_lib
+    from sa_mdrad_jax.train.state import create_train_state
+
+    mesh = step_lib.make_mesh()
+    n_dev = mesh.devices.size
+    image_shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    model = models.get_model(name, num_classes=FLAGS.num_classes, width=FLAGS.width, dtype=FLAGS.dtype,
+                             bn_axis_name=step_lib.DATA)
+    optim = base_config().optim
+    tx = schedules.make_optimizer(optim, schedules.make_schedule(optim, 100, 10))
+    state = jax.jit(functools.partial(create_train_state, model, tx, image_shape, 0))()
+    rng = np.random.default_rng(0)
+    n = FLAGS.batch * 4
+    split = input_lib.put_split(mesh, rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
+                                rng.integers(0, FLAGS.num_classes, (n,), dtype=np.int32), drop_remainder=True)
+    per_device_batch = FLAGS.batch // n_dev
+    train_step = step_lib.make_train_step(functools.partial(natural_loss, model), tx, mesh)
+    train_on, _ = step_lib.compiled_epoch_fns(train_step, None, mesh, per_device_batch=per_device_batch,
+                                              eval_per_device_batch=1)
+    order = input_lib.epoch_order(state.key, jnp.int32(0), mesh=mesh, per_device=split.per_device)
+    t0 = time.perf_counter()
+    state, m = train_on(state, split, order, 0)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    steps_per_epoch = split.per_device // per_device_batch
+    rates = []
+    for _ in range(FLAGS.reps):
+        t0 = time.perf_counter()
+        for i in range(FLAGS.steps):
+            state, m = train_on(state, split, order, i % steps_per_epoch)
+        jax.block_until_ready((state, m))
+        rates.append(FLAGS.steps * FLAGS.batch / (time.perf_counter() - t0))
+    fwd = forward_flops(model, state.variables, image_shape)
+    median = float(np.median(rates))
+    peak, peak_kind = peak_memory_bytes()
+    return {"model": name, "width": FLAGS.width, "dtype": FLAGS.dtype, "batch": FLAGS.batch,
+            "image_size": FLAGS.image_size, "devices": n_dev, "device_kind": jax.devices()[0].device_kind,
+            "img_per_s_median": median, "img_per_s_min": float(min(rates)), "img_per_s_max": float(max(rates)),
+            "compile_plus_first_step_s": compile_s, "forward_gflop_per_image": fwd / 1e9,
+            "train_gflop_per_image": 3 * fwd / 1e9, "achieved_tflop_per_s": 3 * fwd * median / 1e12,
+            "peak_memory_gib": peak / 2**30, "peak_memory_kind": peak_kind}
+
+
+def main(argv):
+    del argv
+    results = [bench_model(name) for name in FLAGS.models]
+    print("| model | width | dtype | batch | image | devices | img/s (median, min–max) | compile s | "
+          "GFLOP/img (train) | TFLOP/s | peak mem GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['width']} | {r['dtype']} | {r['batch']} | {r['image_size']} | "
+              f"{r['devices']} × {r['device_kind']} | {r['img_per_s_median']:.0f} "
+              f"({r['img_per_s_min']:.0f}–{r['img_per_s_max']:.0f}) | {r['compile_plus_first_step_s']:.1f} | "
+              f"{r['train_gflop_per_image']:.3f} | {r['achieved_tflop_per_s']:.3f} | {r['peak_memory_gib']:.2f} "
+              f"({r['peak_memory_kind']}) |")
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, "w") as f:
+            json.dump({"host": platform.node(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    app.run(main)

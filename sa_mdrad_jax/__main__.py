@@ -1,0 +1,3 @@
+from sa_mdrad_jax.cli import run
+
+run()

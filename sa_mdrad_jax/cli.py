@@ -1,0 +1,106 @@
+"""Command line: `sa-mdrad <command> [flags]` (or `python -m sa_mdrad_jax <command>`).
+
+  train       natural (teacher) training:  --config=configs/x.py[:arg] --config.a.b=v --workdir=DIR
+  quickstart  offline digits demo:          [--workdir=DIR] [--config.a.b=v]
+  prepare     download/prepare a dataset:   --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]
+
+Re-running `train` with the same workdir resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sa_mdrad_jax import checkpoints, config as config_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+flags.DEFINE_string("dataset", None, "Dataset name (prepare).")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (prepare).")
+flags.DEFINE_string("manual_dir", None, "Directory holding manually downloaded files (prepare).")
+
+
+def _train(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax.train import loop
+    _require("config", "workdir")
+    metrics = loop.train(FLAGS.config, FLAGS.workdir)
+    print(f"final: {metrics}")
+
+
+def _quickstart(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax import quickstart
+    quickstart.run(FLAGS.config, FLAGS.workdir or "workdir/quickstart")
+
+
+def _prepare(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax import data
+    _require("dataset")
+    data.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
+    print(f"prepared {FLAGS.dataset} in {FLAGS.data_dir or 'the TFDS default data_dir'}")
+
+
+COMMANDS = {"train": _train, "quickstart": _quickstart, "prepare": _prepare}
+
+
+def _no_positional(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+
+
+def _require(*names):
+    missing = [f"--{n}" for n in names if getattr(FLAGS, n) is None]
+    if missing:
+        raise app.UsageError(f"Missing required flag(s): {', '.join(missing)}")
+
+
+def _usage() -> str:
+    return (__doc__ or "").strip()
+
+
+def _errors():
+    from sa_mdrad_jax import data
+    from sa_mdrad_jax.train.loop import NonFiniteLossError
+    return (config_lib.ConfigError, data.DatasetNotFoundError, checkpoints.CheckpointMismatchError,
+            NonFiniteLossError, FileNotFoundError, ImportError)
+
+
+def run(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        given = argv[1] if len(argv) > 1 else None
+        msg = f"Unknown command {given!r}. " if given and not given.startswith("-") else ""
+        print(f"{msg}Commands: {', '.join(COMMANDS)}.\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    command, rest = argv[1], [argv[0]] + argv[2:]
+    if command == "quickstart" and not any(a.startswith("--config=") for a in rest):
+        from sa_mdrad_jax import quickstart
+        rest.insert(1, f"--config={quickstart.__file__}")
+    try:
+        config_arg = next((a.split("=", 1)[1] for a in rest if a.startswith("--config=")), None)
+        if config_arg is not None:
+            config_lib.check_override_args(config_lib.load_config_file(config_arg), rest)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+    def main(argv):
+        if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
+            logging.set_verbosity(logging.WARNING)
+        try:
+            COMMANDS[command](argv)
+        except _errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1)
+
+    app.run(main, argv=rest)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Evaluation of trained models (clean accuracy here; the attack suite builds on it)."""
