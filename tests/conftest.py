@@ -9,6 +9,9 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
+# Subprocesses started by tests (CLI runs, multi-process runs) inherit this through the environment.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+
 import jax  # noqa: E402
 
 # Tests run tiny models for a few steps: compile time dominates, so trade run-time speed for it.

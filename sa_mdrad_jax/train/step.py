@@ -40,7 +40,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh, *, 
     def local_step(state, images, labels, aug, key):
         x = augment_lib.augment(images, aug, pad=pad) if augment else augment_lib.to_float(images)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, labels, key)
+        # Differentiate w.r.t. a device-varying copy of the replicated parameters, so the gradient
+        # is this device's own; the cross-device mean is then explicit (otherwise shard_map's
+        # transpose of the implicit broadcast would already sum the gradients over devices).
+        local_params = jax.lax.pcast(state.params, DATA, to="varying")
+        (loss, (logits, batch_stats)), grads = grad_fn(local_params, state.batch_stats, x, labels, key)
         grads = jax.lax.pmean(grads, DATA)
         if not sync_bn:
             batch_stats = jax.lax.pmean(batch_stats, DATA)
