@@ -46,7 +46,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
         self.directory = checkpoint_dir(workdir)
         self.best_metric = best_metric
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -92,7 +93,12 @@ class Checkpointer:
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The saved state as a tree of host arrays, without a target structure."""
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        # Restore onto one local device whatever topology saved it (e.g. a teacher trained on 8
+        # GPUs, loaded on a laptop): give Orbax a target with the stored shapes and that sharding.
+        stored = self.manager.item_metadata(step)["state"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored["state"]
 
     def wait(self) -> None:

@@ -11,17 +11,30 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from sa_mdrad_jax import checkpoints, config as config_lib
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
-flags.DEFINE_string("dataset", None, "Dataset name (prepare).")
-flags.DEFINE_string("data_dir", None, "TFDS data directory (prepare).")
-flags.DEFINE_string("manual_dir", None, "Directory holding manually downloaded files (prepare).")
+
+
+def _define_flags(argv: list[str]) -> flags.FlagValues:
+    """A fresh set of flags per invocation (so the CLI can be called repeatedly in one process)."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].", lock_config=True,
+                                    flag_values=fv, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.",
+                        flag_values=fv)
+    flags.DEFINE_string("dataset", None, "Dataset name (prepare).", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (prepare).", flag_values=fv)
+    flags.DEFINE_string("manual_dir", None, "Directory holding manually downloaded files (prepare).",
+                        flag_values=fv)
+    flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
+                      "absl/Orbax log level (Orbax logs every save at info).", flag_values=fv)
+    return fv
+
+
+FLAGS: flags.FlagValues | None = None
 
 
 def _train(argv):
@@ -49,15 +62,19 @@ def _prepare(argv):
 COMMANDS = {"train": _train, "quickstart": _quickstart, "prepare": _prepare}
 
 
+class UsageError(ValueError):
+    pass
+
+
 def _no_positional(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
 
 
 def _require(*names):
     missing = [f"--{n}" for n in names if getattr(FLAGS, n) is None]
     if missing:
-        raise app.UsageError(f"Missing required flag(s): {', '.join(missing)}")
+        raise UsageError(f"Missing required flag(s): {', '.join(missing)}")
 
 
 def _usage() -> str:
@@ -90,16 +107,24 @@ def run(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
 
-    def main(argv):
-        if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
-            logging.set_verbosity(logging.WARNING)
-        try:
-            COMMANDS[command](argv)
-        except _errors() as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1)
-
-    app.run(main, argv=rest)
+    global FLAGS
+    FLAGS = _define_flags(rest)
+    try:
+        remaining = FLAGS(rest)
+    except (flags.Error, config_lib.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if not flags.FLAGS.is_parsed():  # absl's own flags: defaults (avoids "logging before flag parsing")
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(FLAGS.log_level)
+    try:
+        COMMANDS[command](remaining)
+    except UsageError as e:
+        print(f"error: {e}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    except _errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
