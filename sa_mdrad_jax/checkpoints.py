@@ -7,6 +7,7 @@ several hosts, coordinated by Orbax (every process calls save; each writes its s
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -126,8 +127,8 @@ def load_variables(workdir: str, step: int | None = None, *, best: bool = False)
     model_cfg = meta["model"]
     model = models.get_model(**model_cfg)
     image_shape = tuple(meta["image_shape"])
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                              jax.ShapeDtypeStruct((1, *image_shape), "float32"), train=False)
+    expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                              jax.ShapeDtypeStruct((1, *image_shape), "float32"))
     check_shapes(expected, variables, where=ckpt.directory)
     ckpt.close()
     return model_cfg, variables, meta

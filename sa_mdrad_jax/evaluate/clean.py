@@ -16,6 +16,8 @@ def clean_accuracy(model_config: dict, variables, dataset: str, *, split: str = 
     images, labels = data.load_split(dataset, split, data_dir=data_dir, image_size=image_size,
                                      process_index=jax.process_index(), process_count=jax.process_count())
     device_split = input_lib.put_split(mesh, images, labels, drop_remainder=False, multiple_of=per_device)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    variables = jax.device_put(jax.device_get(variables), replicated)
     model = models.get_model(**model_config)
     eval_step = step_lib.make_eval_step(model, mesh)
     _, eval_on = step_lib.compiled_epoch_fns(None, eval_step, mesh, per_device_batch=1,
