@@ -6,8 +6,8 @@
 Times the same jitted function the training loop runs (gather from the on-device split +
 augmentation + forward/backward + SGD update, data-parallel over all devices), after compilation,
 with `block_until_ready`; reports the median of `--reps` timings of `--steps` steps each and their
-spread. FLOPs are analytic: 3 × the forward's FLOPs (XLA cost analysis of the forward alone, which
-has no loops), per performance.md. Writes JSON (and prints a Markdown table).
+spread. FLOPs are analytic (sa_mdrad_jax.flops: 2·MACs of every conv and matmul, padding
+included): a training step is 3 × the forward, per performance.md. Writes JSON (and prints a Markdown table).
 """
 from __future__ import annotations
 
@@ -32,14 +32,6 @@ flags.DEFINE_string("out", "", "Write results JSON here.")
 FLAGS = flags.FLAGS
 
 
-def forward_flops(model, variables, image_shape) -> float:
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
-
 def peak_memory_bytes() -> tuple[int, str]:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -48,7 +40,7 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 def bench_model(name: str) -> dict:
-    from sa_mdrad_jax import models
+    from sa_mdrad_jax import flops, models
     from sa_mdrad_jax.config import base_config
     from sa_mdrad_jax.methods import natural_loss
     from sa_mdrad_jax.train import input as input_lib, schedules, step as step_lib
@@ -83,7 +75,7 @@ def bench_model(name: str) -> dict:
             state, m = train_on(state, split, order, i % steps_per_epoch)
         jax.block_until_ready((state, m))
         rates.append(FLAGS.steps * FLAGS.batch / (time.perf_counter() - t0))
-    fwd = forward_flops(model, state.variables, image_shape)
+    fwd = flops.forward_flops(model, state.variables, image_shape)
     median = float(np.median(rates))
     peak, peak_kind = peak_memory_bytes()
     return {"model": name, "width": FLAGS.width, "dtype": FLAGS.dtype, "batch": FLAGS.batch,
