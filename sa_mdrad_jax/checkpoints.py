@@ -47,14 +47,24 @@ class Checkpointer:
             enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
         self.directory = checkpoint_dir(workdir)
         self.best_metric = best_metric
+        self.best_mode = best_mode
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_step(self) -> int | None:
-        return self.manager.best_step() if self.best_metric else None
+    def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
+        """The kept step with the best `metric` (default: the manager's), from the saved metadata."""
+        scored = []
+        for step in self.manager.all_steps():
+            meta = self.read_meta(step)
+            name = metric or self.best_metric or meta.get("best_metric")
+            sign = 1 if (mode or meta.get("best_mode", self.best_mode)) == "max" else -1
+            value = meta.get("metrics", {}).get(name) if name else None
+            if value is not None:
+                scored.append((sign * value, step))
+        return max(scored)[1] if scored else None
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -75,6 +85,9 @@ class Checkpointer:
         return meta
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None, force: bool = False) -> None:
+        if metrics is not None:
+            meta = {**meta, "metrics": metrics}
+        meta = {"best_metric": self.best_metric, "best_mode": self.best_mode, **meta}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=force)
@@ -120,7 +133,7 @@ def load_variables(workdir: str, step: int | None = None, *, best: bool = False)
         raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train the model first "
                                 "(sa-mdrad train --config=... --workdir=...).")
     if best:
-        step = _best_step_from_metrics(ckpt)
+        step = ckpt.best_step()
     meta = ckpt.read_meta(step)
     raw = ckpt.restore_raw(step if step is not None else ckpt.latest_step())
     variables = {"params": raw["params"], "batch_stats": raw["batch_stats"]}
@@ -132,19 +145,6 @@ def load_variables(workdir: str, step: int | None = None, *, best: bool = False)
     check_shapes(expected, variables, where=ckpt.directory)
     ckpt.close()
     return model_cfg, variables, meta
-
-
-def _best_step_from_metrics(ckpt: Checkpointer) -> int | None:
-    steps = ckpt.manager.all_steps()
-    best_metric = None
-    scored = []
-    for s in steps:
-        meta = ckpt.read_meta(s)
-        metric = meta.get("best_metric")
-        if metric and metric in meta.get("metrics", {}):
-            best_metric = metric
-            scored.append((meta["metrics"][metric] * (1 if meta.get("best_mode", "max") == "max" else -1), s))
-    return max(scored)[1] if scored and best_metric else None
 
 
 def check_shapes(expected, actual, where: str) -> None:

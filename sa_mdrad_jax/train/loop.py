@@ -124,8 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
     meta = {"model": checkpoints.model_signature(setup.model_config), "dataset": config.dataset.name,
             "image_shape": list(setup.image_shape), "method": config.train.method,
-            "steps_per_epoch": setup.steps_per_epoch, "best_metric": config.checkpoint.best_metric,
-            "best_mode": config.checkpoint.best_mode}
+            "steps_per_epoch": setup.steps_per_epoch}
     if ckpt.latest_step() is not None:
         ckpt.check_model(setup.model_config)
         state = ckpt.restore(abstract)
@@ -179,8 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             writer.write(step, "eval", test_metrics)
             progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}")
             if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
-                ckpt.save(step, state, {**meta, "step": step, "metrics": test_metrics},
-                          metrics=test_metrics)
+                ckpt.save(step, state, {**meta, "step": step}, metrics=test_metrics)
     ckpt.wait()
     progress.close()
     writer.close()
