@@ -1,0 +1,216 @@
+"""SA-MDRAD: sample-adaptive multi-teacher dynamic rectification adversarial distillation.
+
+Li et al., "SA-MDRAD", Multimedia Systems 30:225 (2024), as specified in methods.md §2: the logits
+of K standard teachers are weighted per sample by their confidence (CA-MKD, Zhang et al. 2022),
+rectified per sample (dynamic rectification KD, Amik et al. 2022), fused, and distilled into the
+student on clean and adversarial inputs, together with a feature term through trainable
+connectors. Everything here is a pure function of arrays; the option names are config fields.
+
+Shapes: teacher logits `t` are [K, B, C] (teacher-major), labels `y` [B], weights `w` [K, B].
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+RECTIFY = ("swap", "none", "soft", "drop")
+WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
+
+
+# --- rectification -----------------------------------------------------------------------------
+def rect_swap(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Rect(z, y): where argmax z ≠ y, swap the entries at argmax z and at y; else unchanged.
+
+    Works on any leading shape [..., C] with labels broadcastable to [...].
+    """
+    num_classes = logits.shape[-1]
+    pred = jnp.argmax(logits, axis=-1)
+    y = jnp.broadcast_to(y, pred.shape)
+    z_pred = jnp.take_along_axis(logits, pred[..., None], axis=-1)
+    z_true = jnp.take_along_axis(logits, y[..., None], axis=-1)
+    classes = jnp.arange(num_classes)
+    at_pred = classes == pred[..., None]
+    at_true = classes == y[..., None]
+    swapped = jnp.where(at_pred, z_true, jnp.where(at_true, z_pred, logits))
+    return jnp.where((pred != y)[..., None], swapped, logits)
+
+
+def is_wrong(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1) != y
+
+
+# --- weighting (from RAW logits, before rectification) -----------------------------------------
+def per_teacher_ce(t: jax.Array, y: jax.Array) -> jax.Array:
+    """[K, B] cross-entropy of each teacher on each sample."""
+    return optax.softmax_cross_entropy_with_integer_labels(t, jnp.broadcast_to(y, t.shape[:-1]))
+
+
+def caw(t: jax.Array, y: jax.Array) -> jax.Array:
+    """Confidence-aware weights (CA-MKD): w_k = (1 − softmax_k(ℓ)_k) / (K − 1), ℓ_k = CE(t_k, y).
+
+    Σ_k w_k = 1 per sample; the teacher with the highest CE gets the least weight; K = 1 gives 1.
+    """
+    num_teachers = t.shape[0]
+    if num_teachers == 1:
+        return jnp.ones(t.shape[:2], t.dtype)
+    ce = per_teacher_ce(t, y)
+    return (1.0 - jax.nn.softmax(ce, axis=0)) / (num_teachers - 1)
+
+
+def teacher_weights(t: jax.Array, y: jax.Array, rule: str = "ca", temperature: float = 1.0) -> jax.Array:
+    """[K, B] per-sample teacher weights, no gradient: 'ca' | 'uniform' | 'softmax_neg_ce'."""
+    t = jax.lax.stop_gradient(t)
+    if rule == "ca":
+        return caw(t, y)
+    if rule == "uniform":
+        return jnp.full(t.shape[:2], 1.0 / t.shape[0], t.dtype)
+    if rule == "softmax_neg_ce":
+        return jax.nn.softmax(-per_teacher_ce(t, y) / temperature, axis=0)
+    raise ValueError(f"Unknown weighting {rule!r}. Valid: {', '.join(WEIGHTING)}.")
+
+
+# --- targets: weight, rectify, fuse --------------------------------------------------------------
+def rectified_probs(t: jax.Array, y: jax.Array, w: jax.Array, *, rule: str, tau: float,
+                    rho: float = 0.5) -> tuple[jax.Array, jax.Array]:
+    """Applies the rectification rule; returns (per-teacher probabilities σ_τ [K,B,C], weights [K,B]).
+
+    'swap': σ_τ(Rect(t_k, y)).  'none': σ_τ(t_k).  'soft': for wrong samples
+    (1 − ρ)·σ_τ(t_k) + ρ·onehot(y).  'drop': a wrong teacher's weight is set to 0 and the others
+    renormalised; a sample on which every teacher is wrong falls back to 'swap' (so it keeps a target).
+    """
+    wrong = is_wrong(t, y)
+    if rule == "swap":
+        return jax.nn.softmax(rect_swap(t, y) / tau, axis=-1), w
+    if rule == "none":
+        return jax.nn.softmax(t / tau, axis=-1), w
+    if rule == "soft":
+        onehot = jax.nn.one_hot(jnp.broadcast_to(y, wrong.shape), t.shape[-1], dtype=t.dtype)
+        p = jax.nn.softmax(t / tau, axis=-1)
+        return jnp.where(wrong[..., None], (1.0 - rho) * p + rho * onehot, p), w
+    if rule == "drop":
+        kept = jnp.where(wrong, 0.0, w)
+        total = kept.sum(axis=0, keepdims=True)
+        all_wrong = total <= 0.0
+        w_new = jnp.where(all_wrong, w, kept / jnp.where(all_wrong, 1.0, total))
+        p_keep = jax.nn.softmax(t / tau, axis=-1)
+        p_swap = jax.nn.softmax(rect_swap(t, y) / tau, axis=-1)
+        return jnp.where(all_wrong[..., None], p_swap, p_keep), w_new
+    raise ValueError(f"Unknown rectification {rule!r}. Valid: {', '.join(RECTIFY)}.")
+
+
+def fuse(probs: jax.Array, w: jax.Array) -> jax.Array:
+    """p̄ = Σ_k w_k σ_τ(t̃_k): [K,B,C], [K,B] -> [B,C]."""
+    return jnp.einsum("kb,kbc->bc", w, probs)
+
+
+def sample_adaptive_target(t: jax.Array, y: jax.Array, *, weighting: str = "ca", weight_temperature: float = 1.0,
+                           rectify: str = "swap", tau: float = 4.0, rho: float = 0.5,
+                           weight_logits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(fused target p̄ [B,C], weights [K,B]) — weights from RAW logits, then rectification.
+
+    Weighting happens before rectification on purpose: after a swap a wrong teacher looks
+    confident and must not gain weight for it. `weight_logits` (default `t`) lets the weights come
+    from other inputs (teacher_input_adv='hybrid': target from x, weights from x').
+    """
+    t = jax.lax.stop_gradient(t)
+    w = teacher_weights(t if weight_logits is None else weight_logits, y, weighting, weight_temperature)
+    probs, w = rectified_probs(t, y, w, rule=rectify, tau=tau, rho=rho)
+    return jax.lax.stop_gradient(fuse(probs, w)), jax.lax.stop_gradient(w)
+
+
+# --- distances ---------------------------------------------------------------------------------
+def kl_batchmean(p: jax.Array, student_logits: jax.Array, tau: float = 1.0) -> jax.Array:
+    """(1/B) Σ_i Σ_c p_ic (log p_ic − log σ_τ(s)_ic), with 0·log 0 = 0."""
+    log_q = jax.nn.log_softmax(student_logits / tau, axis=-1)
+    plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+    return jnp.sum(plogp - p * log_q) / p.shape[0]
+
+
+def distill_kl(p: jax.Array, student_logits: jax.Array, *, tau: float, kl_scale: float) -> jax.Array:
+    """L_KL = kl_scale · τ² · KL_batchmean(p̄ ‖ σ_τ(s))."""
+    return kl_scale * tau**2 * kl_batchmean(p, student_logits, tau)
+
+
+def feature_distance(student: jax.Array, teacher: jax.Array, kind: str = "mse") -> jax.Array:
+    """Per-sample mean over (h, w, c) of the squared difference, [B]; 'normalized_mse' first scales
+    each sample's map to unit L2 norm (scale-free across heterogeneous teachers)."""
+    teacher = jax.lax.stop_gradient(teacher)
+    if kind == "normalized_mse":
+        norm = lambda f: f / (jnp.linalg.norm(f.reshape(f.shape[0], -1), axis=-1)[:, None, None, None] + 1e-8)
+        student, teacher = norm(student), norm(teacher)
+    elif kind != "mse":
+        raise ValueError(f"Unknown feature distance {kind!r}. Valid: mse, normalized_mse.")
+    return jnp.mean(jnp.square(student - teacher), axis=(1, 2, 3))
+
+
+def feature_loss(mapped: list[jax.Array], teacher_feats: list[jax.Array], w: jax.Array, kind: str = "mse") -> jax.Array:
+    """L_F = mean_i Σ_k w_{k,i} · d(r_k(F_S)_i, F_{k,i})."""
+    per_teacher = jnp.stack([feature_distance(m, f, kind) for m, f in zip(mapped, teacher_feats)])  # [K,B]
+    return jnp.mean(jnp.sum(jax.lax.stop_gradient(w) * per_teacher, axis=0))
+
+
+# --- connectors --------------------------------------------------------------------------------
+class Connector(nn.Module):
+    """r_k: student map -> teacher map shape. Resize (average pooling when shrinking, bilinear
+    when enlarging), then 1×1 conv C_S→C_k, BatchNorm, ReLU (methods.md §2)."""
+    out_channels: int
+    out_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, f: jax.Array, train: bool) -> jax.Array:
+        h, w = f.shape[1:3]
+        th, tw = self.out_size
+        if (h, w) != (th, tw):
+            if h % th == 0 and w % tw == 0 and h >= th and w >= tw:
+                f = nn.avg_pool(f, (h // th, w // tw), strides=(h // th, w // tw))
+            elif h >= th and w >= tw:  # shrinking by a non-integer factor: area-style resize
+                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "linear", antialias=True)
+            else:
+                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "bilinear", antialias=False)
+        f = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="conv")(f)
+        f = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(f)
+        return nn.relu(f)
+
+
+# --- the outer loss ----------------------------------------------------------------------------
+TEACHER_INPUTS = ("adv", "clean", "hybrid")
+
+
+def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: jax.Array, y: jax.Array,
+               mapped_adv: list[jax.Array] | None = None, mapped_nat: list[jax.Array] | None = None,
+               teacher_feats: list[jax.Array] | None = None, teacher_input_adv: str = "adv",
+               weighting: str = "ca", weight_temperature: float = 1.0, rectify: str = "swap",
+               rho: float = 0.5, tau: float = 4.0, kl_scale: float = 0.1, lambda_adv: float = 5 / 6,
+               lambda_nat: float = 1 / 6, beta: float = 1.0, gamma: float = 0.0,
+               feature_distance_kind: str = "mse", feature_weight: jax.Array | float = 1.0):
+    """L = λ_adv (L_KL^adv + β L_F^adv) + λ_nat (L_KL^nat + β L_F^nat) + γ CE(s^adv, y)   (methods.md §2).
+
+    s_*: student logits [B,C]; t_*: teacher logits [K,B,C]; mapped_*: connector outputs r_k(F_S)
+    per teacher; teacher_feats: F_k (the feature target, from x by default). `feature_weight`
+    (0 during the warm-up epoch, else 1) multiplies β. Returns (loss, terms) with the
+    per-term magnitudes and the weights for the diagnostics.
+    """
+    if teacher_input_adv not in TEACHER_INPUTS:
+        raise ValueError(f"Unknown teacher_input_adv {teacher_input_adv!r}. Valid: {', '.join(TEACHER_INPUTS)}.")
+    opts = dict(weighting=weighting, weight_temperature=weight_temperature, rectify=rectify, tau=tau, rho=rho)
+    target_nat, w_nat = sample_adaptive_target(t_nat, y, **opts)
+    if teacher_input_adv == "adv":
+        target_adv, w_adv = sample_adaptive_target(t_adv, y, **opts)
+    elif teacher_input_adv == "clean":
+        target_adv, w_adv = target_nat, w_nat
+    else:  # hybrid: target from the clean view, weights from the adversarial one
+        target_adv, w_adv = sample_adaptive_target(t_nat, y, weight_logits=t_adv, **opts)
+    kl_adv = distill_kl(target_adv, s_adv, tau=tau, kl_scale=kl_scale)
+    kl_nat = distill_kl(target_nat, s_nat, tau=tau, kl_scale=kl_scale)
+    f_adv = f_nat = jnp.zeros((), s_adv.dtype)
+    if teacher_feats:
+        f_adv = feature_loss(mapped_adv, teacher_feats, w_nat, feature_distance_kind)
+        f_nat = feature_loss(mapped_nat, teacher_feats, w_nat, feature_distance_kind)
+    ce_adv = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(s_adv, y))
+    b = beta * feature_weight
+    loss = lambda_adv * (kl_adv + b * f_adv) + lambda_nat * (kl_nat + b * f_nat) + gamma * ce_adv
+    terms = {"kl_adv": kl_adv, "kl_nat": kl_nat, "feat_adv": f_adv, "feat_nat": f_nat, "ce_adv": ce_adv,
+             "w_adv": w_adv, "w_nat": w_nat}
+    return loss, terms
