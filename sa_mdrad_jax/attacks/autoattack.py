@@ -1,0 +1,144 @@
+"""AutoAttack, standard version (Croce & Hein, ICML 2020): APGD-CE → APGD-T → FAB-T → Square.
+
+Bookkeeping (docs/evaluation.md, "AutoAttack"):
+  * clean-misclassified points are never attacked (they count as broken from the start);
+  * each stage attacks only the points still robust after the previous stages, each starting
+    from the clean image; a point broken by a stage keeps that stage's adversarial example;
+  * robust accuracy after each stage is cumulative, the final one is the pointwise worst case
+    over all stages; points never broken are returned as the clean image.
+
+Shapes. The survivors are gathered on the host and cut into chunks of `batch_size`; the last,
+partial chunk is padded (by repeating its own points, whose duplicate results are dropped) up to
+the smallest of a few bucket sizes ⌈batch_size / 2^k⌉, k = 0..3. Each attack is compiled once
+per bucket size it meets, so at most 4 times whatever the survivor counts (the jitted chunk
+function is cached across calls on (attack, logits_fn, ε)). Only survivors and copies of
+survivors are ever passed to an attack.
+
+Randomness: stage i uses fold_in(key, i), chunk j of it fold_in(that, j): the same key and inputs
+give the same result. The composition itself runs on the host (it is not jittable); every attack
+it calls is.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sa_mdrad_jax.attacks.fab import fab_t
+from sa_mdrad_jax.attacks.pgd import project
+from sa_mdrad_jax.attacks.square import square
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+Attack = Callable[..., jax.Array]  # attack(logits_fn, x, y, key, *, eps) -> x_adv
+
+STANDARD = ("apgd_ce", "apgd_t", "fab_t", "square")
+N_BUCKETS = 4
+
+
+def _apgd(name: str) -> Attack:
+    """APGD lives in its own module; import it only when a composition asks for it."""
+
+    def attack(logits_fn, x, y, key, *, eps):
+        from sa_mdrad_jax.attacks import apgd
+
+        return getattr(apgd, name)(logits_fn, x, y, key, eps=eps)
+
+    attack.__name__ = name
+    return attack
+
+
+_apgd_ce, _apgd_t = _apgd("apgd_ce"), _apgd("apgd_t")  # module-level: stable identity → jit cache
+
+
+def default_registry() -> dict[str, Attack]:
+    """The standard attacks with AutoAttack's standard hyper-parameters (the functions' defaults)."""
+    return {"apgd_ce": _apgd_ce, "apgd_t": _apgd_t, "fab_t": fab_t, "square": square}
+
+
+def bucket_sizes(batch_size: int, n_buckets: int = N_BUCKETS) -> list[int]:
+    """Padded chunk sizes, ascending: ⌈batch_size / 2^k⌉ for k < n_buckets."""
+    return sorted({max(1, math.ceil(batch_size / 2 ** k)) for k in range(n_buckets)})
+
+
+def _chunks(idx: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:
+    """Cuts indices into (padded indices, number of real ones) with sizes from `bucket_sizes`."""
+    sizes = bucket_sizes(batch_size)
+    out = []
+    for start in range(0, len(idx), batch_size):
+        part = idx[start:start + batch_size]
+        size = next(s for s in sizes if s >= len(part))
+        out.append((np.resize(part, size), len(part)))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn",))
+def _predict(x: jax.Array, *, logits_fn: LogitsFn) -> jax.Array:
+    return jnp.argmax(logits_fn(x), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "attack", "eps"))
+def _attack_chunk(x: jax.Array, y: jax.Array, key: jax.Array, *, logits_fn: LogitsFn, attack: Attack,
+                  eps: float) -> tuple[jax.Array, jax.Array]:
+    """Runs one attack on a chunk: (x_adv projected onto the ε-ball ∩ [0,1], still-correct mask)."""
+    x_adv = project(attack(logits_fn, x, y, key, eps=eps), x, eps)  # guards the ball, no-op if valid
+    return x_adv, jnp.argmax(logits_fn(x_adv), axis=-1) == y
+
+
+def _predict_all(logits_fn: LogitsFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    pred = np.empty(len(x), np.int32)
+    for idx, n in _chunks(np.arange(len(x)), batch_size):
+        pred[idx[:n]] = np.asarray(_predict(jnp.asarray(x[idx]), logits_fn=logits_fn))[:n]
+    return pred
+
+
+def autoattack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float,
+               attacks: Sequence[str] = STANDARD, registry: Mapping[str, Attack] | None = None,
+               batch_size: int | None = None) -> tuple[jax.Array, dict]:
+    """Runs `attacks` in order on the still-robust points; returns (x_adv, report).
+
+    x: float32 [N,H,W,C] in [0,1]; y: int [N]. `registry` maps names to attacks with the shared
+    signature attack(logits_fn, x, y, key, *, eps) -> x_adv (default: `default_registry()`).
+    `batch_size=None` attacks all points in one chunk. `logits_fn` must be a stable object (not a
+    fresh lambda per call) for compiled attacks to be reused across calls.
+
+    report: n_points, eps, attacks, clean_accuracy, robust_accuracy_after {name: cumulative
+    robust accuracy after that stage}, n_attacked {name: points the stage attacked}, seconds
+    {name: wall time}, robust_accuracy (final, pointwise worst case).
+    """
+    registry = default_registry() if registry is None else registry
+    unknown = [a for a in attacks if a not in registry]
+    if unknown:
+        raise ValueError(f"Unknown attacks {unknown}. Valid: {', '.join(registry)}.")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    n = len(x)
+    batch_size = n if batch_size is None else int(batch_size)
+    eps = float(eps)
+
+    robust = _predict_all(logits_fn, x, batch_size) == y
+    x_adv = x.copy()
+    report = {"n_points": n, "eps": eps, "attacks": list(attacks),
+              "clean_accuracy": float(robust.mean()) if n else 0.0,
+              "robust_accuracy_after": {}, "n_attacked": {}, "seconds": {}}
+    for stage, name in enumerate(attacks):
+        start = time.perf_counter()
+        live = np.flatnonzero(robust)
+        stage_key = jax.random.fold_in(key, stage)
+        for j, (idx, n_real) in enumerate(_chunks(live, batch_size)):
+            xa, still = _attack_chunk(jnp.asarray(x[idx]), jnp.asarray(y[idx]),
+                                      jax.random.fold_in(stage_key, j), logits_fn=logits_fn,
+                                      attack=registry[name], eps=eps)
+            real, xa, still = idx[:n_real], np.asarray(xa)[:n_real], np.asarray(still)[:n_real]
+            broken = real[~still]
+            x_adv[broken] = xa[~still]
+            robust[broken] = False
+        report["n_attacked"][name] = int(len(live))
+        report["robust_accuracy_after"][name] = float(robust.mean()) if n else 0.0
+        report["seconds"][name] = time.perf_counter() - start
+    report["robust_accuracy"] = float(robust.mean()) if n else 0.0
+    return jnp.asarray(x_adv), report
