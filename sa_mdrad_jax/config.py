@@ -150,3 +150,28 @@ def base_config() -> ml_collections.ConfigDict:
         initialize=False, coordinator_address="", num_processes=0, process_id=-1, local_device_ids="",
     ))
     return c
+
+
+def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
+    """The `method` block of a distillation config, with the defaults of methods.md."""
+    attack = dict(eps=8 / 255, step_size=2 / 255, steps=10)
+    if name == "pgd_at":
+        return ml_collections.ConfigDict(dict(name="pgd_at", attack_init="uniform", **attack))
+    if name == "sa_mdrad":
+        return ml_collections.ConfigDict(dict(
+            name="sa_mdrad", **attack,
+            attack_loss="ce",          # 'ce' (others of methods.md §2 are not implemented yet)
+            attack_init="normal",      # 0.001·N(0, I) start, the RSLAD/MTARD recipe
+            teacher_input_adv="adv",   # 'adv' | 'clean' | 'hybrid'
+            weighting="ca",            # 'ca' | 'uniform' | 'softmax_neg_ce'
+            weight_temperature=1.0,
+            rectify="swap",            # 'swap' | 'none' | 'soft' | 'drop'
+            rho=0.5,                   # 'soft' mixing weight
+            tau=4.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6,
+            beta=1.0,                  # feature term weight (0 = logits only)
+            gamma=0.0,                 # CE(s_adv, y) weight
+            feature_distance="mse",    # 'mse' | 'normalized_mse'
+            feature_target="nat",      # teacher features from x ('nat') or x' ('adv')
+            feature_warmup_epochs=1,
+        ))
+    raise ConfigError(f"No default config for method {name!r}. Valid: pgd_at, sa_mdrad.")

@@ -43,6 +43,13 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array,
 
     Returns x' with no gradient attached. `steps=0` returns the (projected) start point.
     """
+    start = init_perturbation(key, jax.lax.stop_gradient(x), eps, init, normal_std)
+    return pgd_from(loss_fn, x, start, eps=eps, step_size=step_size, steps=steps)
+
+
+def pgd_from(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, start: jax.Array, *, eps: float,
+             step_size: float, steps: int) -> jax.Array:
+    """PGD from a given start point (e.g. drawn for the global batch before sharding)."""
     x = jax.lax.stop_gradient(x)
     grad_fn = jax.grad(lambda z: jnp.sum(loss_fn(z)))
 
@@ -50,7 +57,7 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array,
         g = grad_fn(x_adv)
         return project(x_adv + step_size * jnp.sign(g), x, eps)
 
-    x_adv = init_perturbation(key, x, eps, init, normal_std)
+    start = jax.lax.stop_gradient(start)
     if steps == 0:
-        return jax.lax.stop_gradient(project(x_adv, x, eps))
-    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x_adv))
+        return jax.lax.stop_gradient(project(start, x, eps))
+    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, start))

@@ -157,6 +157,7 @@ class Connector(nn.Module):
     when enlarging), then 1×1 conv C_S→C_k, BatchNorm, ReLU (methods.md §2)."""
     out_channels: int
     out_size: tuple[int, int]
+    axis_name: str | None = None  # sync BN statistics over this mesh axis (like the student)
 
     @nn.compact
     def __call__(self, f: jax.Array, train: bool) -> jax.Array:
@@ -170,7 +171,8 @@ class Connector(nn.Module):
             else:
                 f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "bilinear", antialias=False)
         f = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="conv")(f)
-        f = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(f)
+        f = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name,
+                         name="bn")(f)
         return nn.relu(f)
 
 
@@ -214,3 +216,36 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     terms = {"kl_adv": kl_adv, "kl_nat": kl_nat, "feat_adv": f_adv, "feat_nat": f_nat, "ce_adv": ce_adv,
              "w_adv": w_adv, "w_nat": w_nat}
     return loss, terms
+
+
+# --- registration ------------------------------------------------------------------------------
+def _register():
+    from sa_mdrad_jax.methods.base import Method, Outputs, register
+    from sa_mdrad_jax.methods.pgd_at import ce_per_example
+
+    @register("sa_mdrad")
+    def make(config) -> Method:
+        """SA-MDRAD from `config` (the `method` block; every option of methods.md §2)."""
+        if config.attack_loss != "ce":
+            raise NotImplementedError(
+                f"SA-MDRAD attack_loss={config.attack_loss!r} is not implemented yet; only 'ce' is.")
+        opts = dict(teacher_input_adv=config.teacher_input_adv, weighting=config.weighting,
+                    weight_temperature=config.weight_temperature, rectify=config.rectify, rho=config.rho,
+                    tau=config.tau, kl_scale=config.kl_scale, lambda_adv=config.lambda_adv,
+                    lambda_nat=config.lambda_nat, beta=config.beta, gamma=config.gamma,
+                    feature_distance_kind=config.feature_distance)
+        use_features = config.beta > 0
+
+        def loss(out: Outputs):
+            return outer_loss(s_adv=out.s_adv, s_nat=out.s_nat, t_adv=out.t_adv, t_nat=out.t_nat, y=out.y,
+                              mapped_adv=out.mapped_adv, mapped_nat=out.mapped_nat,
+                              teacher_feats=out.f_teachers if use_features else None,
+                              feature_weight=out.feature_weight, **opts)
+
+        views = ("nat",) if config.teacher_input_adv == "clean" else ("nat", "adv")
+        return Method(name="sa_mdrad", outer_loss=loss, inner_loss=ce_per_example, attack_init=config.attack_init,
+                      attack_bn="eval", teacher_views=views, student_views=("adv", "nat"),
+                      connectors=use_features, feature_target=config.feature_target)
+
+
+_register()
