@@ -81,7 +81,7 @@ def project_linf_hyperplane_box(z: jax.Array, w: jax.Array, c: jax.Array) -> jax
     t = jnp.maximum((c - sat_ar) / jnp.maximum(slope, 1e-30), lo)
     t = jnp.where(feasible, t, jnp.inf)
     delta = jnp.sign(w) * jnp.minimum(t[:, None], room)
-    return delta * flip
+    return delta
 
 
 def _linf(v: jax.Array) -> jax.Array:
