@@ -1,6 +1,7 @@
 """Command line: `sa-mdrad <command> [flags]` (or `python -m sa_mdrad_jax <command>`).
 
   train       natural (teacher) training:  --config=configs/x.py[:arg] --config.a.b=v --workdir=DIR
+  distill     adversarial training / distillation (config with a `method` block): same flags
   quickstart  offline digits demo:          [--workdir=DIR] [--config.a.b=v]
   prepare     download/prepare a dataset:   --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]
 
@@ -59,7 +60,13 @@ def _prepare(argv):
     print(f"prepared {FLAGS.dataset} in {FLAGS.data_dir or 'the TFDS default data_dir'}")
 
 
-COMMANDS = {"train": _train, "quickstart": _quickstart, "prepare": _prepare}
+def _distill(argv):
+    if FLAGS.config is not None and "method" not in FLAGS.config:
+        raise UsageError("distill needs a config with a 'method' block (e.g. configs/sa_mdrad_digits.py).")
+    _train(argv)
+
+
+COMMANDS = {"train": _train, "distill": _distill, "quickstart": _quickstart, "prepare": _prepare}
 
 
 class UsageError(ValueError):

@@ -94,6 +94,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         from sa_mdrad_jax.models import common
         if isinstance(config.model.normalize, str):
             _require_choice(config.model.normalize, list(common.NORMALIZATION), "normalization")
+    if "method" in config:
+        from sa_mdrad_jax.methods import METHODS
+        _require_choice(config.method.name, list(METHODS), "method")
+        if "teachers" not in config or not len(config.teachers):
+            raise ConfigError("A distillation config needs a non-empty 'teachers' block "
+                              "(name -> {model: {...}, workdir: <the teacher's training workdir>}).")
     _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
     if config.train.batch_size <= 0:
         raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
@@ -175,3 +181,18 @@ def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
             feature_warmup_epochs=1,
         ))
     raise ConfigError(f"No default config for method {name!r}. Valid: pgd_at, sa_mdrad.")
+
+
+def teacher_entry(name: str, workdir: str = "", **model) -> ml_collections.ConfigDict:
+    """One entry of a config's `teachers` block: the model it must be, and where it was trained."""
+    spec = dict(name=name, width=1.0, dtype="float32", normalize="")
+    spec.update(model)
+    return ml_collections.ConfigDict(dict(model=spec, workdir=workdir))
+
+
+def distill_config(method: str = "sa_mdrad") -> ml_collections.ConfigDict:
+    """base_config() plus a `method` block and an (empty) `teachers` block."""
+    c = base_config()
+    c.method = method_config(method)
+    c.teachers = ml_collections.ConfigDict()
+    return c

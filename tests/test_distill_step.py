@@ -52,7 +52,7 @@ def _setup(method_name, mesh, n_steps, images, labels, trace_counter=None):
     for i in range(n_steps):
         rows = slice(i * 16, (i + 1) * 16)
         batch = {"image": jax.device_put(images[rows], sharding), "label": jax.device_put(labels[rows], sharding)}
-        state, m = step(state, teacher_vars, batch, jax.random.PRNGKey(100 + i), 1.0)
+        state, m = step(state, batch, jax.random.PRNGKey(100 + i), teacher_vars, 1.0)
         metrics.append(jax.device_get(m))
     return jax.device_get(state), metrics
 

@@ -50,7 +50,7 @@ def _entropy(w):  # [K,B] -> [B]
 def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Module], tx: optax.GradientTransformation,
                       mesh, *, eps: float, step_size: float, steps: int, connectors: Sequence[Connector] = (),
                       augment: bool = True, pad: int = 4, flip: bool = True, sync_bn: bool = True):
-    """Returns `step(state, teacher_vars, batch, key, feature_weight) -> (state, metrics)`.
+    """Returns `step(state, batch, key, teacher_vars, feature_weight) -> (state, metrics)`.
 
     `state.extra` holds the connectors' variables and optimiser state when the method has them.
     `teacher_vars` is a tuple of each teacher's {'params', 'batch_stats'} (replicated, frozen).
@@ -151,7 +151,7 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA), P(DATA), P(DATA), P(DATA), P()),
                             out_specs=(P(), P()))
 
-    def step(state: TrainState, teacher_vars, batch: dict, key: jax.Array, feature_weight=1.0):
+    def step(state: TrainState, batch: dict, key: jax.Array, teacher_vars=(), feature_weight=1.0):
         k_aug, k_init = jax.random.split(key)
         n = batch["label"].shape[0]
         aug = augment_lib.sample_augment_params(k_aug, n, pad=pad)

@@ -19,8 +19,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models
-from sa_mdrad_jax.methods import natural_loss
-from sa_mdrad_jax.train import input as input_lib, schedules, step as step_lib, writers
+from sa_mdrad_jax.methods import make_method, natural_loss
+from sa_mdrad_jax.train import distill_step, input as input_lib, schedules, step as step_lib, writers
 from sa_mdrad_jax.train.state import TrainState, create_train_state
 
 
@@ -78,6 +78,48 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                  steps_per_epoch, model_config_of(config, info.num_classes), image_shape)
 
 
+def final_feature_shape(model, image_shape) -> tuple:
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], x)
+    return tuple(out[1]["final"].shape)
+
+
+def _initial_state(model, tx, image_shape, seed, connectors=()):
+    state = create_train_state(model, tx, image_shape, seed)
+    if not connectors:
+        return state
+    conn = distill_step.init_connectors(jax.random.PRNGKey(seed + 1), connectors,
+                                        final_feature_shape(model, image_shape))
+    return state.replace(extra={"connectors": conn, "connector_opt_state": tx.init(conn["params"])})
+
+
+def load_teachers(config, setup: Setup):
+    """(teacher modules, their variables): each restored from its own workdir, frozen, eval mode.
+
+    A missing checkpoint or one of another architecture than the config names is an error.
+    """
+    teacher_models, teacher_vars = [], []
+    for name, teacher in config.teachers.items():
+        if not teacher.workdir:
+            raise config_lib.ConfigError(f"teachers.{name}.workdir is empty: point it at the teacher's training workdir.")
+        try:
+            model_cfg, variables, meta = checkpoints.load_variables(teacher.workdir)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"Teacher {name!r}: {e}") from e
+        want = checkpoints.model_signature({**model_config_of(
+            ml_collections.ConfigDict({"model": teacher.model}), setup.info.num_classes)})
+        have = checkpoints.model_signature(model_cfg)
+        if want != have:
+            raise checkpoints.CheckpointMismatchError(
+                f"Teacher {name!r}: the checkpoint in {teacher.workdir} holds {have}, the config names {want}.")
+        if tuple(meta["image_shape"]) != tuple(setup.image_shape):
+            raise checkpoints.CheckpointMismatchError(
+                f"Teacher {name!r} was trained on {meta['image_shape']} images, the student on {list(setup.image_shape)}.")
+        teacher_models.append(models.get_model(**model_cfg))
+        teacher_vars.append(variables)
+    return tuple(teacher_models), tuple(teacher_vars)
+
+
 class _Preemption:
     """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit."""
 
@@ -116,31 +158,51 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     tx = schedules.make_optimizer(config.optim, schedule)
 
     replicated = NamedSharding(mesh, P())
-    abstract = jax.eval_shape(functools.partial(create_train_state, model, tx, setup.image_shape, config.seed))
+    method = make_method(config.method) if "method" in config else None
+    teacher_models, teacher_vars, connectors = (), (), ()
+    if method is not None:
+        teacher_models, teacher_vars = load_teachers(config, setup)
+        teacher_vars = jax.device_put(teacher_vars, replicated)
+        if method.connectors:
+            connectors = distill_step.make_connectors(
+                None, [final_feature_shape(t, setup.image_shape) for t in teacher_models],
+                axis_name=step_lib.DATA if sync_bn else None)
+    init_state = functools.partial(_initial_state, model, tx, setup.image_shape, config.seed, connectors)
+    abstract = jax.eval_shape(init_state)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
 
     ckpt = checkpoints.Checkpointer(
         workdir, keep=config.checkpoint.keep, best_metric=config.checkpoint.best_metric or None,
         best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
     meta = {"model": checkpoints.model_signature(setup.model_config), "dataset": config.dataset.name,
-            "image_shape": list(setup.image_shape), "method": config.train.method,
+            "image_shape": list(setup.image_shape),
+            "method": config.method.name if "method" in config else "natural",
             "steps_per_epoch": setup.steps_per_epoch}
     if ckpt.latest_step() is not None:
         ckpt.check_model(setup.model_config)
         state = ckpt.restore(abstract)
     else:
-        state = jax.jit(functools.partial(create_train_state, model, tx, setup.image_shape, config.seed),
-                        out_shardings=replicated)()
+        state = jax.jit(init_state, out_shardings=replicated)()
     if jax.process_index() == 0:
         config_lib.write_resolved(config, workdir)
 
-    loss_fn = functools.partial(natural_loss, model)
-    train_step = step_lib.make_train_step(loss_fn, tx, mesh, augment=config.dataset.augment,
-                                           pad=config.dataset.crop_pad, flip=config.dataset.flip, sync_bn=sync_bn)
+    aug = dict(augment=config.dataset.augment, pad=config.dataset.crop_pad, flip=config.dataset.flip, sync_bn=sync_bn)
+    if method is None:
+        train_step = step_lib.make_train_step(functools.partial(natural_loss, model), tx, mesh, **aug)
+    else:
+        train_step = distill_step.make_distill_step(
+            method, model, teacher_models, tx, mesh, eps=config.method.eps, step_size=config.method.step_size,
+            steps=config.method.steps, connectors=connectors, **aug)
     eval_step = step_lib.make_eval_step(model, mesh)
     train_on, eval_on = step_lib.compiled_epoch_fns(
         train_step, eval_step, mesh, per_device_batch=setup.per_device_batch,
         eval_per_device_batch=setup.eval_per_device_batch)
+
+    def step_args(epoch):
+        if method is None:
+            return ()
+        warm = config.method.get("feature_warmup_epochs", 0)
+        return (teacher_vars, jnp.float32(0.0 if epoch < warm else 1.0))
 
     writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard)
     step = int(jax.device_get(state.step))
@@ -155,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             window, window_start, t0 = None, step, time.perf_counter()
             end = min(setup.steps_per_epoch, total_steps - epoch * setup.steps_per_epoch)
             for i in range(step - epoch * setup.steps_per_epoch, end):
-                state, m = train_on(state, setup.train_split, order, i)
+                state, m = train_on(state, setup.train_split, order, i, *step_args(epoch))
                 window = m if window is None else jax.tree.map(jnp.add, window, m)
                 step += 1
                 progress.update()
@@ -198,5 +260,18 @@ def _summarise(window: dict, step: int, schedule, n_steps: int, seconds: float, 
             f"The training loss became {loss} by step {step}. The last checkpoint "
             f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or check the "
             "data, then re-run the same command to resume from it.")
-    return {"loss": loss, "accuracy": float(window["correct"] / window["count"]),
-            "lr": float(schedule(step - 1)), "img_per_s": n_steps * batch_size / max(seconds, 1e-9)}
+    count = window["count"]
+    stats = {"loss": loss, "accuracy": float(window["correct"] / count),
+             "lr": float(schedule(step - 1)), "img_per_s": n_steps * batch_size / max(seconds, 1e-9)}
+    for name, value in window.items():   # method terms and SA-MDRAD diagnostics (methods.md §2)
+        value = np.asarray(value)
+        if name in ("loss_sum", "correct", "count"):
+            continue
+        base = name[:-4] if name.endswith("_sum") else name
+        base = {"correct_nat": "accuracy_nat"}.get(base, base)
+        if value.ndim == 0:
+            stats[base] = float(value / count)
+        else:  # per teacher
+            for k, v in enumerate(value):
+                stats[f"{base}_t{k}"] = float(v / count)
+    return stats

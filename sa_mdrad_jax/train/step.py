@@ -104,9 +104,9 @@ def make_mesh(devices=None):
 def compiled_epoch_fns(train_step, eval_step, mesh, *, per_device_batch: int, eval_per_device_batch: int):
     """The loop's two jitted functions: gather-and-train one batch; evaluate one batch."""
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def train_on(state, split, order, index):
+    def train_on(state, split, order, index, *step_args):
         batch = input_lib.gather_batch(split, order, index, mesh=mesh, per_device_batch=per_device_batch)
-        return train_step(state, batch, step_key(state))
+        return train_step(state, batch, step_key(state), *step_args)
 
     @jax.jit
     def eval_on(variables, split, index):
