@@ -15,6 +15,16 @@ example's step is halved (`halve_step`) if
 and a halved example continues from its best-loss point (with that point's gradient). No check
 happens at w_0 = 0, and at w_1 condition (b) is off (as if the step had been halved at w_0).
 
+Where this differs from fra31/auto-attack (all immaterial at N = 100 except the last):
+- `checkpoints` follows the paper's ⌈p_j N⌉; the reference uses ⌊0.22N⌋, ⌊0.03N⌋, ⌊0.06N⌋
+  (each at least 1) for the first window, the shrink and the minimum window. Both give
+  22, 41, …, 99 at N = 100; they differ for other N (e.g. N = 10).
+- In the first window the first step is compared with the loss at the start point; the
+  reference's `check_oscillation` reads loss_steps[−1] there (an unwritten row of zeros, by
+  Python's negative indexing), so it counts that step as an increase iff the first loss is > 0.
+- The returned point of a broken example is its FIRST misclassified iterate (the reference keeps
+  the last one); an unbroken example gets its best-loss point (the reference returns x).
+
 Any-iterate bookkeeping: the start and every iterate are checked; a point's first misclassified
 iterate is returned; a point never broken gets its best-loss point. `apgd_ce` restarts and
 `apgd_t`'s target classes only matter for points still robust (a run is skipped once all are
