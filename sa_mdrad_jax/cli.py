@@ -2,6 +2,8 @@
 
   train       natural (teacher) training:  --config=configs/x.py[:arg] --config.a.b=v --workdir=DIR
   distill     adversarial training / distillation (config with a `method` block): same flags
+  evaluate    robust accuracy of a checkpoint: --workdir=DIR [--attacks=clean,fgsm,pgd20,cw_inf_30,autoattack]
+              [--n_points=1000] [--eps_255=8] [--batch_size=200] [--out_dir=DIR]
   quickstart  offline digits demo:          [--workdir=DIR] [--config.a.b=v]
   prepare     download/prepare a dataset:   --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]
 
@@ -30,6 +32,14 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_string("data_dir", None, "TFDS data directory (prepare).", flag_values=fv)
     flags.DEFINE_string("manual_dir", None, "Directory holding manually downloaded files (prepare).",
                         flag_values=fv)
+    flags.DEFINE_string("attacks", "clean,fgsm,pgd20,cw_inf_30,autoattack", "Attacks to run (evaluate).",
+                        flag_values=fv)
+    flags.DEFINE_integer("n_points", 1000, "Test points to evaluate (evaluate).", flag_values=fv)
+    flags.DEFINE_float("eps_255", 8.0, "L-inf radius in 1/255 units (evaluate).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 200, "Attack batch size (evaluate).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Attack seed (evaluate).", flag_values=fv)
+    flags.DEFINE_string("out_dir", None, "Where evaluate writes its reports (default <workdir>/evaluation).",
+                        flag_values=fv)
     flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
                       "absl/Orbax log level (Orbax logs every save at info).", flag_values=fv)
     return fv
@@ -52,6 +62,20 @@ def _quickstart(argv):
     quickstart.run(FLAGS.config, FLAGS.workdir or "workdir/quickstart")
 
 
+def _evaluate(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax.evaluate import robustness
+    _require("workdir")
+    names = tuple(a.strip() for a in FLAGS.attacks.split(",") if a.strip())
+    out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "evaluation")
+    record = robustness.evaluate_checkpoint(FLAGS.workdir, attack_names=names, n_points=FLAGS.n_points,
+                                            eps=FLAGS.eps_255 / 255, batch_size=FLAGS.batch_size,
+                                            seed=FLAGS.seed, data_dir=FLAGS.data_dir, out_dir=out_dir)
+    label = f"{record['model']['name']} (step {record['step']})"
+    print(robustness.markdown_table({label: record}))
+    print(f"wrote {out_dir}/evaluation.{{json,md}} and robust_accuracy_vs_eps.png")
+
+
 def _prepare(argv):
     _no_positional(argv)
     from sa_mdrad_jax import data
@@ -66,7 +90,8 @@ def _distill(argv):
     _train(argv)
 
 
-COMMANDS = {"train": _train, "distill": _distill, "quickstart": _quickstart, "prepare": _prepare}
+COMMANDS = {"train": _train, "distill": _distill, "evaluate": _evaluate, "quickstart": _quickstart,
+            "prepare": _prepare}
 
 
 class UsageError(ValueError):
