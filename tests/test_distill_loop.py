@@ -6,7 +6,7 @@ import pytest
 from sa_mdrad_jax import checkpoints
 from sa_mdrad_jax.config import distill_config, teacher_entry
 from sa_mdrad_jax.train import loop, writers
-from util import assert_trees_equal, final_params, tiny_config
+from util import apply_overrides, assert_trees_equal, final_params, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,7 @@ def _config(teachers, **overrides):
     c.method.update(steps=2)
     for name, workdir in teachers.items():
         c.teachers[name] = teacher_entry(name, workdir, normalize="digits")
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.mark.slow

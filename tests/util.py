@@ -25,13 +25,18 @@ def tiny_config(**overrides):
     c.eval.batch_size = 120
     c.log.update(every_steps=10, progress=False, tensorboard=False)
     c.checkpoint.async_save = True
+    return apply_overrides(c, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+    """Sets dotted keys ('train.epochs': 3) on a ConfigDict, as --config.train.epochs=3 would."""
     for key, value in overrides.items():
-        node = c
+        node = config
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return c
+    return config
 
 
 def run_cli(*args, env=None, devices: int | None = None, check=True, timeout=600):
