@@ -137,7 +137,6 @@ def base_config() -> ml_collections.ConfigDict:
         normalize="",       # '' = none, or a dataset name whose mean/std the model applies inside
     ))
     c.train = ml_collections.ConfigDict(dict(
-        method="natural",
         epochs=200,
         batch_size=128,     # global batch, split over all devices
         sync_bn=True,       # batch-norm statistics over the global batch
