@@ -212,12 +212,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     log_every = max(1, config.log.every_steps)
     with _Preemption() as preemption:
         for epoch in range(step // setup.steps_per_epoch, -(-total_steps // setup.steps_per_epoch)):
+            epoch_args = step_args(epoch)  # built once per epoch, not per step
             order = input_lib.epoch_order(state.key, jnp.int32(epoch), mesh=mesh,
                                           per_device=setup.train_split.per_device)
             window, window_start, t0 = None, step, time.perf_counter()
             end = min(setup.steps_per_epoch, total_steps - epoch * setup.steps_per_epoch)
             for i in range(step - epoch * setup.steps_per_epoch, end):
-                state, m = train_on(state, setup.train_split, order, i, *step_args(epoch))
+                state, m = train_on(state, setup.train_split, order, i, *epoch_args)
                 window = m if window is None else jax.tree.map(jnp.add, window, m)
                 step += 1
                 progress.update()
