@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -145,6 +146,37 @@ def load_variables(workdir: str, step: int | None = None, *, best: bool = False)
     check_shapes(expected, variables, where=ckpt.directory)
     ckpt.close()
     return model_cfg, variables, meta
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` already holds a checkpoint directory with anything in it."""
+    directory = checkpoint_dir(workdir)
+    return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def save_variables(workdir: str, model_config, variables, *, image_shape, meta: dict | None = None) -> None:
+    """Writes `variables` ({'params', 'batch_stats'}) as the step-0 checkpoint of a new workdir.
+
+    For models that `loop.train` did not train (e.g. imported PyTorch teachers): the workdir then
+    loads with `load_variables`, hence as a teacher, exactly like a trained one. The shapes are
+    checked against the model first, and an existing checkpoint is never replaced; nothing is
+    written on error. There is no optimizer state in it, so `train` cannot resume from it.
+    """
+    from sa_mdrad_jax import models
+    if has_checkpoint(workdir):
+        raise CheckpointMismatchError(f"{checkpoint_dir(workdir)} already holds a checkpoint; "
+                                      "write into a new workdir.")
+    model = models.get_model(**model_config)
+    expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                              jax.ShapeDtypeStruct((1, *image_shape), "float32"))
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    check_shapes(expected, variables, where="the variables to save")
+    ckpt = Checkpointer(workdir, keep=1, async_save=False)
+    state = {"step": np.zeros((), np.int32), **variables}
+    ckpt.save(0, state, {**(meta or {}), "model": model_signature(model_config),
+                         "image_shape": list(image_shape), "step": 0}, force=True)
+    ckpt.wait()
+    ckpt.close()
 
 
 def check_shapes(expected, actual, where: str) -> None:

@@ -6,6 +6,10 @@
               [--n_points=1000] [--eps_255=8] [--batch_size=200] [--out_dir=DIR]
   quickstart  offline digits demo:          [--workdir=DIR] [--config.a.b=v]
   prepare     download/prepare a dataset:   --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]
+  import-torch  PyTorch state dict -> teacher workdir: --checkpoint=FILE(.pt|.pth|.safetensors)
+              --model=NAME --workdir=DIR [--num_classes=10] [--width=1] [--normalize=NAME|m,m,m/s,s,s]
+              [--image_size=32] [--dataset=NAME]
+  export-torch  checkpoint -> PyTorch state dict: --workdir=DIR --out=FILE.safetensors
 
 Re-running `train` with the same workdir resumes from its latest checkpoint.
 """
@@ -40,6 +44,15 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_integer("seed", 0, "Attack seed (evaluate).", flag_values=fv)
     flags.DEFINE_string("out_dir", None, "Where evaluate writes its reports (default <workdir>/evaluation).",
                         flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint to read (import-torch).", flag_values=fv)
+    flags.DEFINE_string("model", None, "Zoo model name the checkpoint holds (import-torch).", flag_values=fv)
+    flags.DEFINE_integer("num_classes", 10, "Classes of the checkpoint's classifier (import-torch).",
+                         flag_values=fv)
+    flags.DEFINE_float("width", 1.0, "Width multiplier of the zoo model (import-torch).", flag_values=fv)
+    flags.DEFINE_string("normalize", "", "Input mean/std the checkpoint expects: '' (none), a name "
+                        "(cifar10, ...) or 'm1,m2,m3/s1,s2,s3' (import-torch).", flag_values=fv)
+    flags.DEFINE_integer("image_size", 32, "Image size the teacher is used at (import-torch).", flag_values=fv)
+    flags.DEFINE_string("out", None, "The .safetensors file to write (export-torch).", flag_values=fv)
     flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
                       "absl/Orbax log level (Orbax logs every save at info).", flag_values=fv)
     return fv
@@ -84,6 +97,31 @@ def _prepare(argv):
     print(f"prepared {FLAGS.dataset} in {FLAGS.data_dir or 'the TFDS default data_dir'}")
 
 
+def _import_torch(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax import interop, models
+    _require("checkpoint", "model", "workdir")
+    try:  # option errors are usage errors; the file is only read once they are fine
+        normalize = interop.parse_normalize(FLAGS.normalize)
+        models.get_model(FLAGS.model, num_classes=FLAGS.num_classes, width=FLAGS.width, normalize=normalize)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    interop.import_torch(FLAGS.checkpoint, FLAGS.workdir, model=FLAGS.model, num_classes=FLAGS.num_classes,
+                         width=FLAGS.width, normalize=normalize, image_size=FLAGS.image_size,
+                         dataset=FLAGS.dataset)
+    print(f"imported {FLAGS.checkpoint} as {FLAGS.model} (width {FLAGS.width}) into {FLAGS.workdir}")
+
+
+def _export_torch(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax import interop
+    _require("workdir", "out")
+    if not FLAGS.out.endswith(".safetensors"):
+        raise UsageError(f"--out must name a .safetensors file, got {FLAGS.out!r}.")
+    state_dict = interop.export_torch(FLAGS.workdir, FLAGS.out)
+    print(f"wrote {len(state_dict)} tensors to {FLAGS.out}")
+
+
 def _distill(argv):
     if FLAGS.config is not None and "method" not in FLAGS.config:
         raise UsageError("distill needs a config with a 'method' block (e.g. configs/sa_mdrad_digits.py).")
@@ -91,7 +129,7 @@ def _distill(argv):
 
 
 COMMANDS = {"train": _train, "distill": _distill, "evaluate": _evaluate, "quickstart": _quickstart,
-            "prepare": _prepare}
+            "prepare": _prepare, "import-torch": _import_torch, "export-torch": _export_torch}
 
 
 class UsageError(ValueError):
@@ -116,7 +154,9 @@ def _usage() -> str:
 def _errors():
     from sa_mdrad_jax import data
     from sa_mdrad_jax.train.loop import NonFiniteLossError
+    from sa_mdrad_jax.interop import TorchCheckpointError
     return (config_lib.ConfigError, data.DatasetNotFoundError, checkpoints.CheckpointMismatchError,
+            TorchCheckpointError,
             NonFiniteLossError, FileNotFoundError, ImportError)
 
 
