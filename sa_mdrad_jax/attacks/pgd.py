@@ -13,7 +13,7 @@ evaluation suite.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,14 +50,35 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array,
 def pgd_from(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, start: jax.Array, *, eps: float,
              step_size: float, steps: int) -> jax.Array:
     """PGD from a given start point (e.g. drawn for the global batch before sharding)."""
-    x = jax.lax.stop_gradient(x)
-    grad_fn = jax.grad(lambda z: jnp.sum(loss_fn(z)))
+    x_adv, _ = pgd_with_carry(lambda z, carry: (loss_fn(z), carry), x, start, (), eps=eps,
+                              step_size=step_size, steps=steps)
+    return x_adv
 
-    def body(_, x_adv):
-        g = grad_fn(x_adv)
-        return project(x_adv + step_size * jnp.sign(g), x, eps)
+
+def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x: jax.Array, start: jax.Array,
+                   carry: Any, *, eps: float, step_size: float, steps: int) -> tuple[jax.Array, Any]:
+    """PGD whose loss also threads an auxiliary state through the iterations.
+
+    `loss_fn(z, carry) -> (per-example losses [B], new carry)`; returns (x', final carry). Used by
+    training methods that attack with the student's BatchNorm in train mode (ARD, IAD): every
+    attack forward updates the running statistics, and the outer loss starts from the result.
+    With `steps=0` the carry is returned unchanged.
+    """
+    x = jax.lax.stop_gradient(x)
+    grad_fn = jax.grad(lambda z, c: _summed(loss_fn(z, c)), has_aux=True)
+
+    def body(_, val):
+        x_adv, c = val
+        g, c = grad_fn(x_adv, c)
+        return project(x_adv + step_size * jnp.sign(g), x, eps), c
 
     start = jax.lax.stop_gradient(start)
     if steps == 0:
-        return jax.lax.stop_gradient(project(start, x, eps))
-    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, start))
+        return jax.lax.stop_gradient(project(start, x, eps)), carry
+    x_adv, carry = jax.lax.fori_loop(0, steps, body, (start, carry))
+    return jax.lax.stop_gradient(x_adv), carry
+
+
+def _summed(out):
+    losses, carry = out
+    return jnp.sum(losses), carry

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import optax
 
-from sa_mdrad_jax.methods.base import Method, Outputs, register
+from sa_mdrad_jax.methods import losses
+from sa_mdrad_jax.methods.base import AttackContext, Method, Outputs, register
 
 
-def ce_per_example(logits, y, *unused):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+def ce_inner(ctx: AttackContext):
+    """CE(S(x'), y) per example: the inner loss of PGD-AT, ARD, IAD and MTARD."""
+    return losses.ce(ctx.s, ctx.y)
 
 
 def _outer(out: Outputs):
-    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.s_adv, out.y))
+    ce = jnp.mean(losses.ce(out.s_adv, out.y))
     return ce, {"ce_adv": ce}
 
 
 @register("pgd_at")
-def make(config) -> Method:
-    del config
-    return Method(name="pgd_at", outer_loss=_outer, inner_loss=ce_per_example, attack_init="uniform",
+def make(config, teacher_names=None) -> Method:
+    del teacher_names
+    return Method(name="pgd_at", outer_loss=_outer, inner_loss=ce_inner, attack_init=config.attack_init,
                   attack_bn="eval", student_views=("adv",))

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sa_mdrad_jax.methods.losses import kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
+
 RECTIFY = ("swap", "none", "soft", "drop")
 WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
 
@@ -121,13 +123,6 @@ def sample_adaptive_target(t: jax.Array, y: jax.Array, *, weighting: str = "ca",
 
 
 # --- distances ---------------------------------------------------------------------------------
-def kl_batchmean(p: jax.Array, student_logits: jax.Array, tau: float = 1.0) -> jax.Array:
-    """(1/B) Σ_i Σ_c p_ic (log p_ic − log σ_τ(s)_ic), with 0·log 0 = 0."""
-    log_q = jax.nn.log_softmax(student_logits / tau, axis=-1)
-    plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    return jnp.sum(plogp - p * log_q) / p.shape[0]
-
-
 def distill_kl(p: jax.Array, student_logits: jax.Array, *, tau: float, kl_scale: float) -> jax.Array:
     """L_KL = kl_scale · τ² · KL_batchmean(p̄ ‖ σ_τ(s))."""
     return kl_scale * tau**2 * kl_batchmean(p, student_logits, tau)
@@ -149,6 +144,21 @@ def feature_loss(mapped: list[jax.Array], teacher_feats: list[jax.Array], w: jax
     """L_F = mean_i Σ_k w_{k,i} · d(r_k(F_S)_i, F_{k,i})."""
     per_teacher = jnp.stack([feature_distance(m, f, kind) for m, f in zip(mapped, teacher_feats)])  # [K,B]
     return jnp.mean(jnp.sum(jax.lax.stop_gradient(w) * per_teacher, axis=0))
+
+
+def _per_stage(features):
+    """Feature lists are per stage, then per teacher; a flat per-teacher list is one stage."""
+    if features and not isinstance(features[0], (list, tuple)):
+        return [features]
+    return list(features)
+
+
+def staged_feature_loss(mapped, teacher_feats, w: jax.Array, kind: str = "mse") -> jax.Array:
+    """The mean over distilled stages of L_F (one stage, 'final', by default)."""
+    mapped, teacher_feats = _per_stage(mapped), _per_stage(teacher_feats)
+    if len(mapped) != len(teacher_feats):
+        raise ValueError(f"{len(mapped)} student stages but {len(teacher_feats)} teacher stages.")
+    return sum(feature_loss(m, f, w, kind) for m, f in zip(mapped, teacher_feats)) / len(mapped)
 
 
 # --- connectors --------------------------------------------------------------------------------
@@ -190,7 +200,8 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     """L = λ_adv (L_KL^adv + β L_F^adv) + λ_nat (L_KL^nat + β L_F^nat) + γ CE(s^adv, y)   (methods.md §2).
 
     s_*: student logits [B,C]; t_*: teacher logits [K,B,C]; mapped_*: connector outputs r_k(F_S)
-    per teacher; teacher_feats: F_k (the feature target, from x by default). `feature_weight`
+    per teacher (or per stage, then per teacher); teacher_feats: F_k (the feature target, from x by
+    default) in the same layout; L_F is averaged over the stages. `feature_weight`
     (0 during the warm-up epoch, else 1) multiplies β. Returns (loss, terms) with the
     per-term magnitudes and the weights for the diagnostics.
     """
@@ -208,8 +219,8 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     kl_nat = distill_kl(target_nat, s_nat, tau=tau, kl_scale=kl_scale)
     f_adv = f_nat = jnp.zeros((), s_adv.dtype)
     if teacher_feats:
-        f_adv = feature_loss(mapped_adv, teacher_feats, w_nat, feature_distance_kind)
-        f_nat = feature_loss(mapped_nat, teacher_feats, w_nat, feature_distance_kind)
+        f_adv = staged_feature_loss(mapped_adv, teacher_feats, w_nat, feature_distance_kind)
+        f_nat = staged_feature_loss(mapped_nat, teacher_feats, w_nat, feature_distance_kind)
     ce_adv = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(s_adv, y))
     b = beta * feature_weight
     loss = lambda_adv * (kl_adv + b * f_adv) + lambda_nat * (kl_nat + b * f_nat) + gamma * ce_adv
@@ -218,34 +229,100 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     return loss, terms
 
 
+# --- the attack (inner) losses -------------------------------------------------------------------
+ATTACK_LOSSES = ("ce", "kl_fused_clean", "trades", "kl_fused_adv")
+BRANCH_WEIGHTS = ("fixed", "mtard")
+
+
+def attack_loss(kind: str, *, target_opts: dict, tau: float):
+    """The PGD inner loss `ctx -> [B]` of SA-MDRAD's option `attack_loss` (methods.md §2 (1)):
+
+    'ce':             CE(S(x'), y)
+    'kl_fused_clean': Σ_c KL(p̄_nat ‖ σ_τ S(x')) — the fused rectified clean target (RSLAD-style)
+    'trades':         Σ_c KL(σ S(x) ‖ σ S(x')) — S(x) a no-gradient reference (TRADES)
+    'kl_fused_adv':   Σ_c KL(p̄(x') ‖ σ_τ S(x')) with p̄(x') the fused rectified target of the
+                      teachers AT x', differentiated through the teachers too (AdaAD-style); the
+                      weights have no gradient, as in the outer loss.
+    `tau` is the temperature of target and student in the KL-based attacks.
+    """
+    if kind == "ce":
+        return lambda c: optax.softmax_cross_entropy_with_integer_labels(c.s, c.y), ()
+    if kind == "kl_fused_clean":
+        def inner(c):
+            p, _ = sample_adaptive_target(c.t_nat, c.y, **{**target_opts, "tau": tau})
+            return kl_per_example(p, c.s, tau)
+        return inner, ("t_nat",)
+    if kind == "trades":
+        return lambda c: kl_per_example(jax.nn.softmax(c.s_nat, axis=-1), c.s), ("s_nat",)
+    if kind == "kl_fused_adv":
+        def inner(c):
+            t = c.teachers(c.z)                     # [K,B,C], gradient w.r.t. z
+            w = teacher_weights(t, c.y, target_opts["weighting"], target_opts["weight_temperature"])
+            probs, w = rectified_probs(t, c.y, w, rule=target_opts["rectify"], tau=tau, rho=target_opts["rho"])
+            return kl_per_example(fuse(probs, jax.lax.stop_gradient(w)), c.s, tau)
+        return inner, ()
+    raise ValueError(f"Unknown SA-MDRAD attack_loss {kind!r}. Valid: {', '.join(ATTACK_LOSSES)}.")
+
+
 # --- registration ------------------------------------------------------------------------------
 def _register():
-    from sa_mdrad_jax.methods.base import Method, Outputs, register
-    from sa_mdrad_jax.methods.pgd_at import ce_per_example
+    from sa_mdrad_jax.methods.base import Method, Outputs, check_choice, register
+    from sa_mdrad_jax.methods.mtard import balance_method_hooks
 
     @register("sa_mdrad")
-    def make(config) -> Method:
+    def make(config, teacher_names=None) -> Method:
         """SA-MDRAD from `config` (the `method` block; every option of methods.md §2)."""
-        if config.attack_loss != "ce":
-            raise NotImplementedError(
-                f"SA-MDRAD attack_loss={config.attack_loss!r} is not implemented yet; only 'ce' is.")
+        del teacher_names
+        check_choice(config.attack_loss, ATTACK_LOSSES, "SA-MDRAD attack_loss")
+        check_choice(config.branch_weights, BRANCH_WEIGHTS, "SA-MDRAD branch_weights")
+        check_choice(config.teacher_input_adv, TEACHER_INPUTS, "SA-MDRAD teacher_input_adv")
+        check_choice(config.weighting, WEIGHTING, "SA-MDRAD weighting")
+        check_choice(config.rectify, RECTIFY, "SA-MDRAD rectify")
+        check_choice(config.feature_target, ("nat", "adv"), "SA-MDRAD feature_target")
+        check_choice(config.feature_distance, ("mse", "normalized_mse"), "SA-MDRAD feature_distance")
+        stages = tuple(config.feature_stages)
+        if not stages:
+            raise ValueError("SA-MDRAD feature_stages is empty: name at least one stage (default 'final') "
+                             "or set beta=0 for logits only.")
         opts = dict(teacher_input_adv=config.teacher_input_adv, weighting=config.weighting,
                     weight_temperature=config.weight_temperature, rectify=config.rectify, rho=config.rho,
                     tau=config.tau, kl_scale=config.kl_scale, lambda_adv=config.lambda_adv,
                     lambda_nat=config.lambda_nat, beta=config.beta, gamma=config.gamma,
                     feature_distance_kind=config.feature_distance)
         use_features = config.beta > 0
+        target_opts = dict(weighting=config.weighting, weight_temperature=config.weight_temperature,
+                           rectify=config.rectify, rho=config.rho)
+        inner, refs = attack_loss(config.attack_loss, target_opts=target_opts,
+                                  tau=config.attack_tau or config.tau)
 
-        def loss(out: Outputs):
+        def terms_of(out: Outputs, **over):
             return outer_loss(s_adv=out.s_adv, s_nat=out.s_nat, t_adv=out.t_adv, t_nat=out.t_nat, y=out.y,
                               mapped_adv=out.mapped_adv, mapped_nat=out.mapped_nat,
                               teacher_feats=out.f_teachers if use_features else None,
-                              feature_weight=out.feature_weight, **opts)
+                              feature_weight=out.feature_weight, **{**opts, **over})
+
+        hooks = {}
+        if config.branch_weights == "fixed":
+            loss = terms_of
+        else:  # MTARD's normalised balance of the adversarial and natural branch losses
+            def branch_losses(out: Outputs):
+                _, t = terms_of(out)
+                b = config.beta * out.feature_weight
+                return t["kl_adv"] + b * t["feat_adv"], t["kl_nat"] + b * t["feat_nat"]
+
+            def loss(out: Outputs):
+                w_nat = out.state["w_nat"]
+                total, t = terms_of(out, lambda_adv=1.0 - w_nat, lambda_nat=w_nat)
+                return total, {**t, "balance_w_nat": w_nat}
+
+            init, state_inputs, update = balance_method_hooks(config.balance_lr, branch_losses)
+            hooks = dict(init_state=init, state_inputs=state_inputs, update_state=update)
 
         views = ("nat",) if config.teacher_input_adv == "clean" else ("nat", "adv")
-        return Method(name="sa_mdrad", outer_loss=loss, inner_loss=ce_per_example, attack_init=config.attack_init,
-                      attack_bn="eval", teacher_views=views, student_views=("adv", "nat"),
-                      connectors=use_features, feature_target=config.feature_target)
+        return Method(name="sa_mdrad", outer_loss=loss, inner_loss=inner, inner_refs=refs,
+                      attack_init=config.attack_init, attack_bn="eval", teacher_views=views,
+                      student_views=("adv", "nat"), connectors=use_features,
+                      feature_target=config.feature_target, feature_stages=stages, **hooks)
 
 
 _register()

@@ -2,16 +2,20 @@
 
 One `jax.shard_map` inside one `jax.jit`, per device:
   1. augment the uint8 batch (crop/flip parameters drawn for the global batch);
-  2. x' = PGD on the method's inner loss from a start drawn for the global batch (so 1 device and
-     N devices compute the same thing), student BN in eval mode, `lax.fori_loop` inside;
-  3. frozen teachers (eval mode, no gradient) once per input the method needs;
-  4. the method's outer loss on student train-mode forwards (+ trainable connectors r_k);
-  5. gradients averaged with `pmean`, SGD update of student and connectors, global-sum metrics.
+  2. no-gradient clean references the inner loss asks for (student / teachers on x), once;
+  3. x' = PGD on the method's inner loss from a start drawn for the global batch (so 1 device and
+     N devices compute the same thing), `lax.fori_loop` inside; the student's BN in the method's
+     attack mode ('eval'; 'train' threads the running statistics through the loop, synchronised
+     over the 'data' axis like every other BN forward; 'batch_stats_no_update');
+  4. frozen teachers (eval mode, no gradient) once per view the method needs;
+  5. the method state update (no gradient, from global-batch means), then the method's outer loss
+     on student train-mode forwards (+ trainable connectors r_k);
+  6. gradients averaged with `pmean`, SGD update of student and connectors, global-sum metrics.
 Adding a method never touches this file.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,100 +23,205 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from sa_mdrad_jax.attacks.pgd import pgd_from
+from sa_mdrad_jax.attacks.pgd import pgd_with_carry
 from sa_mdrad_jax.data import augment as augment_lib
-from sa_mdrad_jax.methods.base import Method, Outputs
+from sa_mdrad_jax.methods.base import AttackContext, Method, Outputs, StepContext
 from sa_mdrad_jax.methods.sa_mdrad import Connector
 from sa_mdrad_jax.train.input import DATA_AXIS as DATA
 from sa_mdrad_jax.train.state import TrainState
 
 
-def make_connectors(student_final_shape, teacher_final_shapes, axis_name: str | None = DATA) -> tuple[Connector, ...]:
-    del student_final_shape
-    return tuple(Connector(out_channels=s[-1], out_size=tuple(s[1:3]), axis_name=axis_name)
-                 for s in teacher_final_shapes)
+# --- connectors: one per (teacher, distilled stage) ---------------------------------------------
+class ConnectorSpec(NamedTuple):
+    key: str          # 't{k}' for the final stage, 't{k}_{stage}' otherwise (variables live under it)
+    teacher: int
+    stage: str
+    module: Connector
 
 
-def init_connectors(key, connectors: Sequence[Connector], student_final_shape) -> dict:
-    """{'params': {'t0': ...}, 'batch_stats': {'t0': ...}} for every teacher's connector."""
-    f = jnp.zeros((1, *student_final_shape[1:]), jnp.float32)
+def connector_key(teacher: int, stage: str) -> str:
+    return f"t{teacher}" if stage == "final" else f"t{teacher}_{stage}"
+
+
+def feature_shapes(model: nn.Module, image_shape) -> dict:
+    """{feature name: shape} of `model`'s feature maps for one image of `image_shape`."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], x)
+    return {k: tuple(v.shape) for k, v in out[1].items()}
+
+
+def make_connectors(student_shapes, teacher_shapes, axis_name: str | None = DATA,
+                    stages: Sequence[str] = ("final",)) -> tuple[ConnectorSpec, ...]:
+    """Connectors r_{k,s}: student stage s -> teacher k's stage s shape.
+
+    `teacher_shapes`: per teacher, a {stage: shape} dict (or just the final map's shape). A stage
+    missing from a teacher (or the student) is an error naming the stages it has.
+    """
+    specs = []
+    for stage in stages:
+        if isinstance(student_shapes, dict) and stage not in student_shapes:
+            raise ValueError(f"Feature stage {stage!r} is not a student stage. Valid: {', '.join(student_shapes)}.")
+        for k, shapes in enumerate(teacher_shapes):
+            if not isinstance(shapes, dict):
+                shapes = {"final": tuple(shapes)}
+            if stage not in shapes:
+                raise ValueError(f"Feature stage {stage!r} is not a stage of teacher {k}. "
+                                 f"Valid: {', '.join(shapes)}.")
+            s = shapes[stage]
+            specs.append(ConnectorSpec(connector_key(k, stage), k, stage,
+                                       Connector(out_channels=s[-1], out_size=tuple(s[1:3]), axis_name=axis_name)))
+    return tuple(specs)
+
+
+def init_connectors(key, connectors: Sequence[ConnectorSpec], student_shapes) -> dict:
+    """{'params': {key: ...}, 'batch_stats': {key: ...}} for every connector.
+
+    `student_shapes`: the student's {stage: shape} (or the final map's shape)."""
+    if not isinstance(student_shapes, dict):
+        student_shapes = {"final": tuple(student_shapes)}
     params, stats = {}, {}
-    for k, conn in enumerate(connectors):
-        v = conn.init(jax.random.fold_in(key, k), f, train=False)
-        params[f"t{k}"], stats[f"t{k}"] = v["params"], v["batch_stats"]
+    for i, c in enumerate(connectors):
+        f = jnp.zeros((1, *student_shapes[c.stage][1:]), jnp.float32)
+        v = c.module.init(jax.random.fold_in(key, i), f, train=False)
+        params[c.key], stats[c.key] = v["params"], v["batch_stats"]
     return {"params": params, "batch_stats": stats}
+
+
+def epoch_context(config, epoch: int) -> StepContext:
+    """The step context of `epoch` from a distillation config: feature warm-up and LR decays so far
+    (piecewise schedules decay at the start of each boundary epoch)."""
+    warm = config.method.get("feature_warmup_epochs", 0)
+    decays = 0
+    if config.optim.schedule == "piecewise":
+        decays = sum(int(epoch >= b) for b in config.optim.boundaries)
+    return StepContext.make(epoch=epoch, feature_weight=0.0 if epoch < warm else 1.0, lr_decays=decays)
 
 
 def _entropy(w):  # [K,B] -> [B]
     return -jnp.sum(w * jnp.log(jnp.clip(w, 1e-12)), axis=0)
 
 
+def _attack_student(model, params, bn_mode: str):
+    """(z, batch_stats) -> (logits, batch_stats) of the student in the attack's BN mode."""
+    def forward(z, bs):
+        if bn_mode == "eval":
+            return model.apply({"params": params, "batch_stats": bs}, z, train=False)[0], bs
+        (logits, _), upd = model.apply({"params": params, "batch_stats": bs}, z, train=True, mutable=["batch_stats"])
+        return logits, (upd["batch_stats"] if bn_mode == "train" else bs)
+    return forward
+
+
 def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Module], tx: optax.GradientTransformation,
-                      mesh, *, eps: float, step_size: float, steps: int, connectors: Sequence[Connector] = (),
+                      mesh, *, eps: float, step_size: float, steps: int, connectors: Sequence[ConnectorSpec] = (),
                       augment: bool = True, pad: int = 4, flip: bool = True, sync_bn: bool = True):
-    """Returns `step(state, batch, key, teacher_vars, feature_weight) -> (state, metrics)`.
+    """Returns `step(state, batch, key, teacher_vars=(), ctx=StepContext()) -> (state, metrics)`.
 
-    `state.extra` holds the connectors' variables and optimiser state when the method has them.
+    `state.extra` holds the connectors' variables and optimiser state ('connectors',
+    'connector_opt_state') and the method state ('method') when the method has them.
     `teacher_vars` is a tuple of each teacher's {'params', 'batch_stats'} (replicated, frozen).
+    `ctx` is a `StepContext` (a bare number is taken as its feature_weight).
     """
-    views_t = set(method.teacher_views)
-    if method.connectors:
-        views_t.add(method.feature_target)
+    all_teachers = tuple(range(len(teachers)))
+    view_teachers = dict(method.view_teachers or {})
+    t_views = list(method.teacher_views)
+    if "t_nat" in method.inner_refs and "nat" not in t_views:
+        t_views.append("nat")
+    feature_views = (method.feature_target,) if method.connectors else ()
+    stages = tuple(method.feature_stages)
 
-    def teach(teacher_vars, z):
-        logits, feats = [], []
-        for tm, tv in zip(teachers, teacher_vars):
-            lg, ft = tm.apply(jax.lax.stop_gradient(tv), z, train=False)
+    def teach(teacher_vars, z, which=all_teachers, features=False):
+        """Teacher logits [K,B,C] (and per-stage feature maps) at z; frozen weights, eval mode."""
+        logits, feats = [], {s: [] for s in stages}
+        for k in which:
+            lg, ft = teachers[k].apply(jax.lax.stop_gradient(teacher_vars[k]), z, train=False)
             logits.append(lg)
-            feats.append(ft["final"].astype(jnp.float32))
-        return jax.lax.stop_gradient(jnp.stack(logits)), tuple(jax.lax.stop_gradient(f) for f in feats)
+            if features:
+                for s in stages:
+                    feats[s].append(ft[s].astype(jnp.float32))
+        return jnp.stack(logits), tuple(tuple(feats[s]) for s in stages)
 
-    def local(state, teacher_vars, images, labels, aug, noise, feature_weight):
+    def local(state, teacher_vars, images, labels, aug, noise, ctx):
         x = augment_lib.augment(images, aug, pad=pad) if augment else augment_lib.to_float(images)
         y = labels
-        frozen = jax.lax.stop_gradient({"params": state.params, "batch_stats": state.batch_stats})
+        bs = state.batch_stats
+        nograd = jax.lax.stop_gradient
+        t, f_teachers = {}, None
+        if "nat" in t_views or "nat" in feature_views:
+            t_nat, f = teach(teacher_vars, x, view_teachers.get("nat", all_teachers), "nat" in feature_views)
+            t["nat"] = nograd(t_nat)
+            f_teachers = nograd(f) if "nat" in feature_views else None
+
         if method.inner_loss is not None:
-            student_logits = lambda z: model.apply(frozen, z, train=False)[0]
+            student_at = _attack_student(model, nograd(state.params), method.attack_bn)
+            if method.attack_bn == "train" and not sync_bn:   # local statistics vary per device
+                bs = jax.lax.pcast(bs, DATA, to="varying")
+            s_nat_ref = None
+            if "s_nat" in method.inner_refs:
+                s_nat_ref, bs = student_at(x, bs)
+                s_nat_ref = nograd(s_nat_ref)
+            t_nat_ref = t["nat"] if "t_nat" in method.inner_refs else None
+            teachers_at = lambda z: teach(teacher_vars, z)[0]   # with gradient w.r.t. z (AdaAD)
+
+            def inner(z, carry):
+                s, carry = student_at(z, carry)
+                actx = AttackContext(z=z, s=s, x=x, y=y, teachers=teachers_at, s_nat=s_nat_ref, t_nat=t_nat_ref,
+                                     step=ctx)
+                return method.inner_loss(actx), carry
+
             start = {"uniform": x + eps * noise, "normal": x + 0.001 * noise, "none": x}[method.attack_init]
-            x_adv = pgd_from(lambda z: method.inner_loss(student_logits(z), y), x, start, eps=eps,
-                             step_size=step_size, steps=steps)
+            x_adv, bs = pgd_with_carry(inner, x, start, bs, eps=eps, step_size=step_size, steps=steps)
         else:
             x_adv = x
-        t_nat, f_nat = teach(teacher_vars, x) if "nat" in views_t else (None, None)
-        t_adv, f_adv = teach(teacher_vars, x_adv) if "adv" in views_t else (None, None)
-        f_teachers = f_nat if method.feature_target == "nat" else f_adv
+        inputs = {"nat": x, "adv": x_adv}
+        if method.inputs is not None:
+            inputs.update(method.inputs(x, x_adv))
+        for view in t_views:
+            if view not in t:
+                t[view] = nograd(teach(teacher_vars, inputs[view], view_teachers.get(view, all_teachers))[0])
+        if "adv" in feature_views:
+            f_teachers = nograd(teach(teacher_vars, x_adv, features=True)[1])
+        m_state = state.extra.get("method")
 
-        def loss_fn(trainable):
+        def loss_fn(trainable, bs):
             params, conn = trainable
-            bs = state.batch_stats
             logits, mapped, conn_bs = {}, {}, conn.get("batch_stats", {})
-            for view, z in (("adv", x_adv), ("nat", x)):
-                if view not in method.student_views:
-                    continue
-                (lg, ft), upd = model.apply({"params": params, "batch_stats": bs}, z, train=True,
+            for view in method.student_views:
+                (lg, ft), upd = model.apply({"params": params, "batch_stats": bs}, inputs[view], train=True,
                                             mutable=["batch_stats"])
                 bs, logits[view] = upd["batch_stats"], lg
-                if method.connectors:
-                    outs = []
-                    for k, c in enumerate(connectors):
-                        out, u = c.apply({"params": conn["params"][f"t{k}"], "batch_stats": conn_bs[f"t{k}"]},
-                                         ft["final"].astype(jnp.float32), train=True, mutable=["batch_stats"])
-                        conn_bs = {**conn_bs, f"t{k}": u["batch_stats"]}
-                        outs.append(out)
-                    mapped[view] = tuple(outs)
-            out = Outputs(y=y, s_adv=logits.get("adv"), s_nat=logits.get("nat"), t_adv=t_adv, t_nat=t_nat,
-                          f_teachers=f_teachers, mapped_adv=mapped.get("adv"), mapped_nat=mapped.get("nat"),
-                          feature_weight=feature_weight)
+                if method.connectors and view in ("adv", "nat"):
+                    per_stage = []
+                    for s in stages:
+                        outs = []
+                        for c in connectors:
+                            if c.stage != s:
+                                continue
+                            out, u = c.module.apply({"params": conn["params"][c.key], "batch_stats": conn_bs[c.key]},
+                                                    ft[s].astype(jnp.float32), train=True, mutable=["batch_stats"])
+                            conn_bs = {**conn_bs, c.key: u["batch_stats"]}
+                            outs.append(out)
+                        per_stage.append(tuple(outs))
+                    mapped[view] = tuple(per_stage)
+            out = Outputs(y=y, s_adv=logits.get("adv"), s_nat=logits.get("nat"), t_adv=t.get("adv"),
+                          t_nat=t.get("nat"), f_teachers=f_teachers, mapped_adv=mapped.get("adv"),
+                          mapped_nat=mapped.get("nat"), feature_weight=ctx.feature_weight, s=logits, t=t,
+                          step=ctx, state=m_state)
+            new_state = m_state
+            if method.update_state is not None:
+                # The state update reads global-batch means (so N devices == 1) and has no gradient.
+                seen = jax.lax.pmean(nograd(method.state_inputs(out)), DATA)
+                new_state = method.update_state(m_state, seen, ctx)
+                out = out._replace(state=new_state)
             loss, terms = method.outer_loss(out)
-            return loss, (logits, bs, conn_bs, terms)
+            return loss, (logits, bs, conn_bs, terms, new_state)
 
         conn_vars = state.extra.get("connectors", {"params": {}, "batch_stats": {}})
         # Gradients w.r.t. device-varying copies of the replicated parameters: this device's own
         # gradient, averaged explicitly below (see train/step.py).
         p_local = jax.lax.pcast(state.params, DATA, to="varying")
         c_local = jax.lax.pcast(conn_vars["params"], DATA, to="varying")
-        loss_of = lambda p, cp: loss_fn((p, {"params": cp, "batch_stats": conn_vars["batch_stats"]}))
-        (loss, (logits, bs, conn_bs, terms)), (g_params, g_conn) = jax.value_and_grad(
+        loss_of = lambda p, cp: loss_fn((p, {"params": cp, "batch_stats": conn_vars["batch_stats"]}), bs)
+        (loss, (logits, bs, conn_bs, terms, m_state)), (g_params, g_conn) = jax.value_and_grad(
             loss_of, argnums=(0, 1), has_aux=True)(p_local, c_local)
         g_params, g_conn = jax.lax.pmean((g_params, g_conn), DATA)
         if not sync_bn:
@@ -125,6 +234,8 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
             extra["connectors"] = {"params": optax.apply_updates(conn_vars["params"], c_updates),
                                    "batch_stats": conn_bs}
             extra["connector_opt_state"] = c_opt
+        if method.update_state is not None:
+            extra["method"] = m_state
 
         n = jnp.asarray(y.shape[0], jnp.float32)
         psum = lambda v: jax.lax.psum(v, DATA)
@@ -137,9 +248,9 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
             if name.startswith("w_"):
                 continue
             metrics[f"{name}_sum"] = psum(value * n)
-        for view, t in (("nat", t_nat), ("adv", t_adv)):
-            if t is not None:
-                right = jnp.argmax(t, -1) == y                                   # [K,B]
+        for view in ("nat", "adv"):
+            if view in t:
+                right = jnp.argmax(t[view], -1) == y                              # [K,B]
                 metrics[f"teacher_correct_{view}"] = psum(jnp.sum(right, axis=1).astype(jnp.float32))
                 metrics[f"all_wrong_{view}_sum"] = psum(jnp.sum(~jnp.any(right, axis=0)).astype(jnp.float32))
         if "w_adv" in terms:
@@ -151,7 +262,9 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA), P(DATA), P(DATA), P(DATA), P()),
                             out_specs=(P(), P()))
 
-    def step(state: TrainState, batch: dict, key: jax.Array, teacher_vars=(), feature_weight=1.0):
+    def step(state: TrainState, batch: dict, key: jax.Array, teacher_vars=(), ctx=None):
+        if not isinstance(ctx, StepContext):
+            ctx = StepContext.make(feature_weight=1.0 if ctx is None else ctx)
         k_aug, k_init = jax.random.split(key)
         n = batch["label"].shape[0]
         aug = augment_lib.sample_augment_params(k_aug, n, pad=pad)
@@ -162,7 +275,7 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
             noise = jax.random.normal(k_init, shape, jnp.float32)
         else:
             noise = jax.random.uniform(k_init, shape, jnp.float32, -1.0, 1.0)
-        return sharded(state, tuple(teacher_vars), batch["image"], batch["label"], aug, noise,
-                       jnp.asarray(feature_weight, jnp.float32))
+        ctx = StepContext(*(jnp.asarray(v) for v in ctx))
+        return sharded(state, tuple(teacher_vars), batch["image"], batch["label"], aug, noise, ctx)
 
     return step

@@ -84,13 +84,16 @@ def final_feature_shape(model, image_shape) -> tuple:
     return tuple(out[1]["final"].shape)
 
 
-def _initial_state(model, tx, image_shape, seed, connectors=()):
+def _initial_state(model, tx, image_shape, seed, connectors=(), method=None):
     state = create_train_state(model, tx, image_shape, seed)
-    if not connectors:
-        return state
-    conn = distill_step.init_connectors(jax.random.PRNGKey(seed + 1), connectors,
-                                        final_feature_shape(model, image_shape))
-    return state.replace(extra={"connectors": conn, "connector_opt_state": tx.init(conn["params"])})
+    extra = {}
+    if connectors:
+        conn = distill_step.init_connectors(jax.random.PRNGKey(seed + 1), connectors,
+                                            distill_step.feature_shapes(model, image_shape))
+        extra.update(connectors=conn, connector_opt_state=tx.init(conn["params"]))
+    if method is not None and method.init_state is not None:
+        extra["method"] = method.init_state()   # e.g. MTARD's balance weights: checkpointed with the rest
+    return state.replace(extra=extra) if extra else state
 
 
 def load_teachers(config, setup: Setup):
@@ -158,16 +161,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     tx = schedules.make_optimizer(config.optim, schedule)
 
     replicated = NamedSharding(mesh, P())
-    method = make_method(config.method) if "method" in config else None
+    method = make_method(config.method, tuple(config.teachers.keys())) if "method" in config else None
     teacher_models, teacher_vars, connectors = (), (), ()
     if method is not None:
         teacher_models, teacher_vars = load_teachers(config, setup)
         teacher_vars = jax.device_put(teacher_vars, replicated)
         if method.connectors:
             connectors = distill_step.make_connectors(
-                None, [final_feature_shape(t, setup.image_shape) for t in teacher_models],
+                distill_step.feature_shapes(model, setup.image_shape),
+                [distill_step.feature_shapes(t, setup.image_shape) for t in teacher_models], stages=method.feature_stages,
                 axis_name=step_lib.DATA if sync_bn else None)
-    init_state = functools.partial(_initial_state, model, tx, setup.image_shape, config.seed, connectors)
+    init_state = functools.partial(_initial_state, model, tx, setup.image_shape, config.seed, connectors, method)
     abstract = jax.eval_shape(init_state)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
 
@@ -201,8 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     def step_args(epoch):
         if method is None:
             return ()
-        warm = config.method.get("feature_warmup_epochs", 0)
-        return (teacher_vars, jnp.float32(0.0 if epoch < warm else 1.0))
+        return (teacher_vars, distill_step.epoch_context(config, epoch))  # epoch, feature warm-up, LR decays
 
     writer = writers.MetricWriter(workdir, tensorboard=config.log.tensorboard)
     step = int(jax.device_get(state.step))
