@@ -157,6 +157,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+METHOD_NAMES = ("pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad", "sa_mdrad")
+
+
+def composable_terms() -> dict:
+    """The sub-blocks every method config carries: terms any method can add (methods.md §3)."""
+    return dict(
+        # IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ)))
+        igdm=ml_collections.ConfigDict(dict(enabled=False, alpha=20.0, beta=1.0, gamma=1.0, e_ref=200.0)),
+        # TRADES's KL: + weight·KL_bm(σS(x) ‖ σS(x')), gradient through both branches
+        trades_kl=ml_collections.ConfigDict(dict(enabled=False, weight=6.0)),
+    )
+
+
 def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
     """The `method` block of a distillation config, with the defaults of methods.md §2-3.
 
@@ -192,21 +205,11 @@ def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
             rectify="swap",            # 'swap' | 'none' | 'soft' | 'drop'
             rho=0.5,                   # 'soft' mixing weight
             tau=4.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6,
-METHOD_NAMES = ("pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad", "sa_mdrad")
-
-
-def composable_terms() -> dict:
-    """The sub-blocks every method config carries: terms any method can add (methods.md §3)."""
-    return dict(
-        # IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ)))
-        igdm=ml_collections.ConfigDict(dict(enabled=False, alpha=20.0, beta=1.0, gamma=1.0, e_ref=200.0)),
-        # TRADES's KL: + weight·KL_bm(σS(x) ‖ σS(x')), gradient through both branches
-        trades_kl=ml_collections.ConfigDict(dict(enabled=False, weight=6.0)),
-    )
-
-
+            branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
+            balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
             beta=1.0,                  # feature term weight (0 = logits only)
             gamma=0.0,                 # CE(s_adv, y) weight
+            feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
             feature_distance="mse",    # 'mse' | 'normalized_mse'
             feature_target="nat",      # teacher features from x ('nat') or x' ('adv')
             feature_warmup_epochs=1,
@@ -224,11 +227,8 @@ def teacher_entry(name: str, workdir: str = "", **model) -> ml_collections.Confi
     return ml_collections.ConfigDict(dict(model=spec, workdir=workdir))
 
 
-            branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
-            balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
 def distill_config(method: str = "sa_mdrad") -> ml_collections.ConfigDict:
     """base_config() plus a `method` block and an (empty) `teachers` block."""
-            feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
     c = base_config()
     c.method = method_config(method)
     c.teachers = ml_collections.ConfigDict()
