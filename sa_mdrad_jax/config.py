@@ -103,6 +103,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
     if config.train.batch_size <= 0:
         raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
+    if config.eval.robust_points > 0:
+        from sa_mdrad_jax import attacks
+        _require_choice(config.eval.robust_attack, sorted(attacks.NAMED), "robust evaluation attack")
+        if config.eval.robust_every_epochs <= 0:
+            raise ConfigError(f"eval.robust_every_epochs must be positive, got {config.eval.robust_every_epochs}.")
+    if config.checkpoint.best_metric.startswith("test_robust") and (
+            config.eval.robust_points <= 0 or config.checkpoint.every_epochs % config.eval.robust_every_epochs):
+        raise ConfigError(f"checkpoint.best_metric={config.checkpoint.best_metric!r} needs eval.robust_points > 0 "
+                          "and eval.robust_every_epochs dividing checkpoint.every_epochs (every checkpoint "
+                          "must carry the metric).")
     if config.checkpoint.best_mode not in ("max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {config.checkpoint.best_mode!r}.")
 
@@ -146,7 +156,13 @@ def base_config() -> ml_collections.ConfigDict:
         lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
         schedule="piecewise", boundaries=(100, 150), decay=0.1, warmup_epochs=0.0,
     ))
-    c.eval = ml_collections.ConfigDict(dict(batch_size=500))
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=500,
+        robust_points=0,          # > 0: each robust evaluation attacks about this many held-out test points
+        robust_attack="pgd20",    # a named attack of evaluation.md (sa_mdrad_jax.attacks.NAMED)
+        robust_eps=0.0,           # 0 = the method's training ε (8/255 for natural training)
+        robust_every_epochs=1,
+    ))
     c.checkpoint = ml_collections.ConfigDict(dict(
         keep=3, every_epochs=1, best_metric="test_accuracy", best_mode="max", async_save=True,
     ))
@@ -232,4 +248,5 @@ def distill_config(method: str = "sa_mdrad") -> ml_collections.ConfigDict:
     c = base_config()
     c.method = method_config(method)
     c.teachers = ml_collections.ConfigDict()
+    c.eval.robust_points = 1000   # robust accuracy (pgd20) on a held-out test subset every epoch
     return c

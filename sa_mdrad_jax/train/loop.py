@@ -201,6 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     train_on, eval_on = step_lib.compiled_epoch_fns(
         train_step, eval_step, mesh, per_device_batch=setup.per_device_batch,
         eval_per_device_batch=setup.eval_per_device_batch)
+    robust_eval = _robust_evaluator(config, setup)
 
     def step_args(epoch):
         if method is None:
@@ -241,8 +242,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                             step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
                                      setup.eval_per_device_batch).items() if k != "count"}
             test_metrics["epoch"] = epoch + 1
+            if robust_eval is not None and ((epoch + 1) % config.eval.robust_every_epochs == 0
+                                            or step == total_steps):
+                test_metrics.update({f"test_{k}": v for k, v in robust_eval(state.variables, epoch).items()})
             writer.write(step, "eval", test_metrics)
-            progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}")
+            robust_note = (f", {config.eval.robust_attack} accuracy {test_metrics['test_robust_accuracy']:.4f}"
+                           if "test_robust_accuracy" in test_metrics else "")
+            progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}{robust_note}")
             if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
                 ckpt.save(step, state, {**meta, "step": step}, metrics=test_metrics)
     ckpt.wait()
@@ -254,6 +260,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                                  setup.eval_per_device_batch).items() if k != "count"}
     ckpt.close()
     return {**test_metrics, "step": step}
+
+
+def _robust_evaluator(config, setup: Setup):
+    """`fn(variables, epoch) -> {'robust_accuracy', 'robust_count'}`, or None when switched off.
+
+    The named attack (pgd20 by default) runs on a fixed held-out subset of the test split,
+    data-parallel like the training step, on the float32 build of the model (evaluation.md).
+    """
+    if config.eval.robust_points <= 0:
+        return None
+    from sa_mdrad_jax import attacks
+    eps = config.eval.robust_eps or (config.method.eps if "method" in config else 8 / 255)
+    model = models.get_model(**{**setup.model_config, "dtype": "float32"})
+    robust_on = step_lib.compiled_robust_eval(model, setup.mesh, attacks.NAMED[config.eval.robust_attack],
+                                              per_device_batch=setup.eval_per_device_batch)
+
+    def evaluate(variables, epoch):
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), epoch)
+        return step_lib.robust_evaluate_split(robust_on, variables, setup.test_split, setup.eval_per_device_batch,
+                                              config.eval.robust_points, key, float(eps))
+
+    return evaluate
 
 
 def _summarise(window: dict, step: int, schedule, n_steps: int, seconds: float, batch_size: int,

@@ -94,6 +94,62 @@ def make_eval_step(model, mesh):
     return eval_step
 
 
+def make_robust_eval_step(model, mesh, attack):
+    """Returns `robust_step(variables, batch, key, eps) -> metrics`: accuracy under `attack` at `eps`.
+
+    `attack(logits_fn, x, y, key, *, eps) -> x_adv` is a named attack of `sa_mdrad_jax.attacks`
+    (e.g. pgd20), run per device on its shard in eval mode (running BN statistics). The model
+    should be the float32 build: evaluation runs in float32 whatever the training dtype. `eps` is
+    traced, so one compilation serves every radius.
+    """
+    def local(variables, images, labels, mask, key, eps):
+        key = jax.random.fold_in(key, jax.lax.axis_index(DATA))
+        logits_fn = lambda z: model.apply(variables, z, train=False)[0]
+        x_adv = attack(logits_fn, augment_lib.to_float(images), labels, key, eps=eps)
+        weight = mask.astype(jnp.float32)
+        right = (jnp.argmax(logits_fn(x_adv), -1) == labels).astype(jnp.float32)
+        return {"correct": jax.lax.psum(jnp.sum(right * weight), DATA),
+                "count": jax.lax.psum(jnp.sum(weight), DATA)}
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA), P(), P()),
+                            out_specs=P())
+
+    def robust_step(variables, batch, key, eps):
+        with jax.default_matmul_precision("highest"):
+            return sharded(variables, batch["image"], batch["label"], batch["mask"], key,
+                           jnp.asarray(eps, jnp.float32))
+
+    return robust_step
+
+
+def compiled_robust_eval(model, mesh, attack, *, per_device_batch: int):
+    """`robust_on(variables, split, index, key, eps)`: the robust step on one evaluation batch, jitted."""
+    robust_step = make_robust_eval_step(model, mesh, attack)
+
+    @jax.jit
+    def robust_on(variables, split, index, key, eps):
+        batch = input_lib.eval_batch(split, index, mesh=mesh, per_device_batch=per_device_batch)
+        return robust_step(variables, batch, key, eps)
+
+    return robust_on
+
+
+def robust_evaluate_split(robust_on, variables, split: input_lib.DeviceSplit, per_device_batch: int,
+                          n_points: int, key: jax.Array, eps: float) -> dict:
+    """Robust accuracy over the first ⌈n_points / global batch⌉ evaluation batches of `split`.
+
+    A fixed held-out subset (the same batches every epoch) keeps the curve comparable over epochs.
+    """
+    n_devices = split.images.shape[0] // split.per_device
+    n_batches = min(split.per_device // per_device_batch, -(-n_points // (per_device_batch * n_devices)))
+    total = None
+    for i in range(n_batches):
+        m = robust_on(variables, split, i, jax.random.fold_in(key, i), jnp.float32(eps))
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    total = jax.device_get(total)
+    return {"robust_accuracy": float(total["correct"] / total["count"]), "robust_count": int(total["count"])}
+
+
 def make_mesh(devices=None):
     """A 1-D mesh named 'data' over `devices` (default: every device of every process)."""
     import numpy as np

@@ -1,0 +1,81 @@
+"""Periodic robust evaluation inside the training loop (pgd20 on a held-out test subset)."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from sa_mdrad_jax import attacks, checkpoints, config as config_lib, models
+from sa_mdrad_jax.train import loop, step as step_lib, writers
+from util import tiny_config
+
+
+def _robust(setup, variables, *, eps, n_points, key):
+    model = models.get_model(**{**setup.model_config, "dtype": "float32"})
+    robust_on = _compiled(model, setup)
+    return step_lib.robust_evaluate_split(robust_on, variables, setup.test_split, setup.eval_per_device_batch,
+                                          n_points, key, eps)
+
+
+_CACHE = {}
+
+
+def _compiled(model, setup):
+    # One compilation for every ε of this module (ε is traced).
+    if "robust_on" not in _CACHE:
+        _CACHE["robust_on"] = step_lib.compiled_robust_eval(model, setup.mesh, attacks.pgd20,
+                                                            per_device_batch=setup.eval_per_device_batch)
+    return _CACHE["robust_on"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("robust"))
+    config = tiny_config(**{"train.epochs": 1, "eval.batch_size": 64,
+                             "eval.robust_points": 100})
+    loop.train(config, workdir)
+    return config, workdir
+
+
+def test_loop_records_the_robust_accuracy_of_the_saved_model(trained):
+    config, workdir = trained
+    evals = writers.read_metrics(workdir, "eval")
+    assert len(evals) == 1
+    record = evals[0]
+    # 100 points requested, batches of 64 over 8 devices: two whole batches (128 points) are attacked.
+    assert record["test_robust_count"] == 128
+    # Recomputed from the checkpoint with the loop's key, the number is the same.
+    setup = loop.prepare(config)
+    variables = jax.device_get(checkpoints.load_variables(workdir)[1])
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), 0)
+    again = _robust(setup, variables, eps=8 / 255, n_points=100, key=key)
+    assert again["robust_accuracy"] == pytest.approx(record["test_robust_accuracy"], abs=1e-9)
+
+
+def test_robust_accuracy_is_clean_accuracy_at_zero_eps_and_falls_with_eps(trained):
+    config, workdir = trained
+    setup = loop.prepare(config)
+    variables = jax.device_get(checkpoints.load_variables(workdir)[1])
+    key = jax.random.PRNGKey(0)
+    at = {eps: _robust(setup, variables, eps=eps, n_points=128, key=key)["robust_accuracy"]
+          for eps in (0.0, 8 / 255, 0.3)}
+    # Clean accuracy of the same 128 points (the first two evaluation batches of every device).
+    model = models.get_model(**{**setup.model_config, "dtype": "float32"})
+    per = setup.test_split.per_device
+    images = np.asarray(jax.device_get(setup.test_split.images)).reshape(8, per, *setup.image_shape)[:, :16]
+    labels = np.asarray(jax.device_get(setup.test_split.labels)).reshape(8, per)[:, :16]
+    logits, _ = model.apply(variables, images.reshape(-1, *setup.image_shape).astype(np.float32) / 255, train=False)
+    clean = float(np.mean(np.argmax(logits, -1) == labels.reshape(-1)))
+    assert at[0.0] == pytest.approx(clean, abs=1e-9)
+    assert at[8 / 255] < at[0.0]
+    assert at[0.3] < at[8 / 255]
+
+
+def test_best_robust_checkpoint_needs_the_robust_metric_on_every_checkpoint():
+    config = tiny_config(**{"checkpoint.best_metric": "test_robust_accuracy"})
+    with pytest.raises(config_lib.ConfigError, match="eval.robust_points > 0"):
+        config_lib.validate(config)
+    config = tiny_config(**{"eval.robust_attack": "pgd7"})
+    config.eval.robust_points = 10
+    with pytest.raises(config_lib.ConfigError, match="pgd20"):
+        config_lib.validate(config)
