@@ -127,6 +127,19 @@ def test_pickled_objects_other_than_tensors_are_refused(tmp_path):
     assert not workdir.exists()
 
 
+def test_normalize_spellings_and_state_dict_wrappers():
+    assert interop.parse_normalize("") is None and interop.parse_normalize("none") is None
+    assert interop.parse_normalize("cifar10") == "cifar10"
+    assert interop.parse_normalize("0.5,0.4,0.3/0.2,0.25,0.3") == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    with pytest.raises(ValueError, match="same non-zero length"):
+        interop.parse_normalize("0.5,0.5/0.2")
+    weights = {"conv1.weight": np.ones((2, 3, 3, 3), np.float32)}
+    assert interop.unwrap_state_dict({"net": weights, "epoch": 3}) == weights
+    with pytest.raises(interop.TorchCheckpointError, match=r"entries \['epoch', 'weights'\] are not tensors"):
+        interop.unwrap_state_dict({"weights": weights, "epoch": 3})
+    assert list(interop.strip_module_prefix({"module.conv1.weight": weights["conv1.weight"]})) == ["conv1.weight"]
+
+
 def _tiny_state_dict():
     model = models.get_model("resnet_tiny", num_classes=10)
     rng = np.random.default_rng(0)
