@@ -101,14 +101,41 @@ def _entropy(w):  # [K,B] -> [B]
     return -jnp.sum(w * jnp.log(jnp.clip(w, 1e-12)), axis=0)
 
 
-def _attack_student(model, params, bn_mode: str):
-    """(z, batch_stats) -> (logits, batch_stats) of the student in the attack's BN mode."""
+def attack_student(model, params, bn_mode: str):
+    """(z, batch_stats) -> (logits, batch_stats): the student during the attack (methods.md §1).
+
+    'eval': running statistics, nothing updated. 'train': batch statistics, and the running
+    statistics updated by every forward (ARD/IAD). 'batch_stats_no_update': batch statistics,
+    updates discarded. Parameters are frozen (the attack differentiates w.r.t. the input only).
+    """
     def forward(z, bs):
         if bn_mode == "eval":
             return model.apply({"params": params, "batch_stats": bs}, z, train=False)[0], bs
         (logits, _), upd = model.apply({"params": params, "batch_stats": bs}, z, train=True, mutable=["batch_stats"])
         return logits, (upd["batch_stats"] if bn_mode == "train" else bs)
     return forward
+
+
+def adversarial_examples(method: Method, student_at, x, y, start, batch_stats, *, teachers_at, t_nat=None,
+                         ctx: StepContext = StepContext(), eps: float, step_size: float, steps: int):
+    """x' = PGD on `method.inner_loss` from `start`; returns (x', batch_stats after the attack).
+
+    The clean references the method asks for are computed once, before the loop: the student's
+    clean logits (in the attack BN mode, so a 'train' attack also counts that forward, as the
+    reference codes do) and the teachers' clean logits `t_nat` (given by the caller, who reuses them).
+    """
+    s_nat = None
+    if "s_nat" in method.inner_refs:
+        s_nat, batch_stats = student_at(x, batch_stats)
+        s_nat = jax.lax.stop_gradient(s_nat)
+    t_nat = t_nat if "t_nat" in method.inner_refs else None
+
+    def inner(z, bs):
+        s, bs = student_at(z, bs)
+        return method.inner_loss(AttackContext(z=z, s=s, x=x, y=y, teachers=teachers_at, s_nat=s_nat,
+                                               t_nat=t_nat, step=ctx)), bs
+
+    return pgd_with_carry(inner, x, start, batch_stats, eps=eps, step_size=step_size, steps=steps)
 
 
 def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Module], tx: optax.GradientTransformation,
@@ -152,24 +179,13 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
             f_teachers = nograd(f) if "nat" in feature_views else None
 
         if method.inner_loss is not None:
-            student_at = _attack_student(model, nograd(state.params), method.attack_bn)
             if method.attack_bn == "train" and not sync_bn:   # local statistics vary per device
                 bs = jax.lax.pcast(bs, DATA, to="varying")
-            s_nat_ref = None
-            if "s_nat" in method.inner_refs:
-                s_nat_ref, bs = student_at(x, bs)
-                s_nat_ref = nograd(s_nat_ref)
-            t_nat_ref = t["nat"] if "t_nat" in method.inner_refs else None
-            teachers_at = lambda z: teach(teacher_vars, z)[0]   # with gradient w.r.t. z (AdaAD)
-
-            def inner(z, carry):
-                s, carry = student_at(z, carry)
-                actx = AttackContext(z=z, s=s, x=x, y=y, teachers=teachers_at, s_nat=s_nat_ref, t_nat=t_nat_ref,
-                                     step=ctx)
-                return method.inner_loss(actx), carry
-
             start = {"uniform": x + eps * noise, "normal": x + 0.001 * noise, "none": x}[method.attack_init]
-            x_adv, bs = pgd_with_carry(inner, x, start, bs, eps=eps, step_size=step_size, steps=steps)
+            x_adv, bs = adversarial_examples(
+                method, attack_student(model, nograd(state.params), method.attack_bn), x, y, start, bs,
+                teachers_at=lambda z: teach(teacher_vars, z)[0],   # with gradient w.r.t. z (AdaAD)
+                t_nat=t.get("nat"), ctx=ctx, eps=eps, step_size=step_size, steps=steps)
         else:
             x_adv = x
         inputs = {"nat": x, "adv": x_adv}
