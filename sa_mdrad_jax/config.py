@@ -95,11 +95,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if isinstance(config.model.normalize, str):
             _require_choice(config.model.normalize, list(common.NORMALIZATION), "normalization")
     if "method" in config:
-        from sa_mdrad_jax.methods import METHODS
+        from sa_mdrad_jax.methods import METHODS, make_method
         _require_choice(config.method.name, list(METHODS), "method")
-        if "teachers" not in config or not len(config.teachers):
-            raise ConfigError("A distillation config needs a non-empty 'teachers' block "
-                              "(name -> {model: {...}, workdir: <the teacher's training workdir>}).")
+        names = tuple(config.teachers.keys()) if "teachers" in config else ()
+        try:  # the method's own option checks (unknown option values list the valid ones)
+            method = make_method(config.method, names)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from e
+        if method.uses_teachers and not names:
+            raise ConfigError(f"Method {config.method.name!r} distils from teachers: the config needs a non-empty "
+                              "'teachers' block (name -> {model: {...}, workdir: <the teacher's training workdir>}).")
     _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
     if config.train.batch_size <= 0:
         raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")

@@ -29,6 +29,6 @@ def make(config, teacher_names=None) -> Method:
         kl_nat = kl_scale * tau**2 * losses.kl_batchmean(losses.teacher_target(out.t_nat, tau), out.s_nat, tau)
         return alpha * kl_adv + (1.0 - alpha) * kl_nat, {"kl_adv": kl_adv, "kl_nat": kl_nat}
 
-    return Method(name="adaad", outer_loss=outer, inner_loss=lambda c: adaad_inner(c, tau),
+    return Method(name="adaad", outer_loss=outer, inner_loss=lambda c: adaad_inner(c, tau), inner_teachers=True,
                   attack_init=config.attack_init, attack_bn="eval", teacher_views=("adv", "nat"),
                   student_views=("adv", "nat"))

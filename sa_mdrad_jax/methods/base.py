@@ -91,6 +91,8 @@ class Method:
         with 'w_' holds [K,B] teacher weights, used for diagnostics only).
     inner_loss(ctx: AttackContext) -> per-example losses [B] that PGD maximises (None: no attack).
     inner_refs: which no-gradient clean references the inner loss reads ('s_nat', 't_nat').
+    inner_teachers: the inner loss calls `ctx.teachers(z)` (teacher forward + input-gradient in
+        every attack step: AdaAD, SA-MDRAD 'kl_fused_adv').
     teacher_views / student_views: the views each network is run on outside the attack
         (student forwards in this order: it is the order of the BN running-statistics updates).
     view_teachers: optional {view: teacher indices} when a view needs only some teachers
@@ -104,6 +106,7 @@ class Method:
     outer_loss: Callable[[Outputs], tuple[jax.Array, dict]]
     inner_loss: Callable[[AttackContext], jax.Array] | None = None
     inner_refs: tuple[str, ...] = ()
+    inner_teachers: bool = False
     attack_init: str = "uniform"
     attack_bn: str = "eval"
     teacher_views: tuple[str, ...] = ()
@@ -127,6 +130,11 @@ class Method:
             raise ValueError(f"Unknown inner-loss references {sorted(bad)}. Valid: {', '.join(INNER_REFERENCES)}.")
         if (self.update_state is None) != (self.init_state is None):
             raise ValueError("A stateful method needs both init_state and update_state.")
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether any loss reads a teacher (PGD-AT and TRADES do not: they need no teachers block)."""
+        return bool(self.teacher_views) or "t_nat" in self.inner_refs or self.inner_teachers
 
 
 @dataclasses.dataclass(frozen=True)

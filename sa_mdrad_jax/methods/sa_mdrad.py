@@ -320,6 +320,7 @@ def _register():
 
         views = ("nat",) if config.teacher_input_adv == "clean" else ("nat", "adv")
         return Method(name="sa_mdrad", outer_loss=loss, inner_loss=inner, inner_refs=refs,
+                      inner_teachers=config.attack_loss == "kl_fused_adv",
                       attack_init=config.attack_init, attack_bn="eval", teacher_views=views,
                       student_views=("adv", "nat"), connectors=use_features,
                       feature_target=config.feature_target, feature_stages=stages, **hooks)

@@ -1,0 +1,10 @@
+"""trades — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+
+  sa-mdrad distill --config=configs/trades.py:cifar10,resnet18 --workdir=runs/trades_c10_r18   (no teachers)
+  Arguments: cifar10|cifar100 , resnet18|mobilenetv2   — or  digits  (the quickstart's teachers).
+"""
+from sa_mdrad_jax.methods.recipes import paper_config
+
+
+def get_config(arg: str = "cifar10,resnet18"):
+    return paper_config("trades", arg)
