@@ -156,6 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=128,     # global batch, split over all devices
         sync_bn=True,       # batch-norm statistics over the global batch
         max_steps=0,        # > 0: stop (and checkpoint) after this many steps in total
+        init_from="",       # a workdir (trained or `sa-mdrad import-torch`ed) of the same model: start from its weights
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,

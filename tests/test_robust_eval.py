@@ -79,3 +79,19 @@ def test_best_robust_checkpoint_needs_the_robust_metric_on_every_checkpoint():
     config.eval.robust_points = 10
     with pytest.raises(config_lib.ConfigError, match="pgd20"):
         config_lib.validate(config)
+
+
+def test_a_fresh_run_starts_from_the_weights_of_init_from(trained, tmp_path):
+    config, workdir = trained
+    source = jax.device_get(checkpoints.load_variables(workdir)[1])
+    # lr 0 and no weight decay: the one step changes no parameter, so they must equal the source's.
+    student = tiny_config(**{"train.max_steps": 1, "train.init_from": workdir, "optim.lr": 0.0,
+                             "optim.weight_decay": 0.0, "optim.warmup_epochs": 0.0})
+    loop.train(student, str(tmp_path / "student"))
+    got = jax.device_get(checkpoints.load_variables(str(tmp_path / "student"))[1])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got["params"], source["params"])
+    # Another architecture is refused by name, and nothing is trained.
+    other = tiny_config(**{"train.max_steps": 1, "train.init_from": workdir, "model.name": "wrn_tiny"})
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="init_from"):
+        loop.train(other, str(tmp_path / "other"))
+    assert not checkpoints.Checkpointer(str(tmp_path / "other"), read_only=True).latest_step()

@@ -187,6 +187,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         state = ckpt.restore(abstract)
     else:
         state = jax.jit(init_state, out_shardings=replicated)()
+        if config.train.get("init_from"):
+            state = _init_from(state, config.train.init_from, setup, replicated)
     if jax.process_index() == 0:
         config_lib.write_resolved(config, workdir)
 
@@ -260,6 +262,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                                  setup.eval_per_device_batch).items() if k != "count"}
     ckpt.close()
     return {**test_metrics, "step": step}
+
+
+def _init_from(state: TrainState, workdir: str, setup: Setup, sharding) -> TrainState:
+    """The fresh state with params and BN statistics of the checkpoint in `workdir` (same model).
+
+    Only a fresh run starts from it: a resumed run restores its own checkpoint instead.
+    """
+    model_cfg, variables, _ = checkpoints.load_variables(workdir)
+    want, have = checkpoints.model_signature(setup.model_config), checkpoints.model_signature(model_cfg)
+    if want != have:
+        raise checkpoints.CheckpointMismatchError(
+            f"train.init_from={workdir!r} holds {have}, but this run trains {want}.")
+    variables = jax.device_put(variables, sharding)
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def _robust_evaluator(config, setup: Setup):
