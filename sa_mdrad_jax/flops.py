@@ -53,3 +53,35 @@ def forward_flops(model, variables, image_shape) -> float:
     """FLOPs of one eval-mode forward pass of `model` on one image of `image_shape` (H, W, C)."""
     x = jax.ShapeDtypeStruct((1, *image_shape), "float32")
     return count_flops(lambda v, x: model.apply(v, x, train=False)[0], variables, x)
+
+
+def method_step_flops(method, student: float, teachers=(), steps: int = 10) -> float:
+    """Analytic FLOPs per image of one training step of `method` (a `methods.Method`, or None for
+    natural training), from the views the step runs (performance.md's accounting):
+
+      attack   K · 2F (forward + input-gradient), + K · 2ΣT when the inner loss calls the teachers
+               at x' (AdaAD); + F for a clean student reference ('s_nat', TRADES), + ΣT_nat for the
+               teachers' clean logits ('t_nat', RSLAD: reused by the outer loss, counted once)
+      outer    3F per student view (forward + backward), + the teachers' forward on each teacher
+               view (only the teachers `view_teachers` names for it, e.g. MTARD's)
+
+    `student` is F, `teachers` the forward FLOPs T_k of each teacher, `steps` the PGD steps K.
+    E.g. PGD-AT 10·2F + 3F; RSLAD 10·2F + T + 2·3F; SA-MDRAD 10·2F + 2·3F + 2·ΣT_k. Connectors,
+    losses and element-wise work are not counted.
+    """
+    f, teachers = float(student), [float(t) for t in teachers]
+    if method is None:
+        return 3 * f
+
+    def t_of(view):
+        chosen = (method.view_teachers or {}).get(view)
+        return sum(teachers) if chosen is None else sum(teachers[i] for i in chosen)
+
+    total = 0.0
+    if method.inner_loss is not None:
+        total += steps * (2 * f + (2 * sum(teachers) if method.inner_teachers else 0.0))
+        total += f if "s_nat" in method.inner_refs else 0.0
+        total += t_of("nat") if "t_nat" in method.inner_refs else 0.0
+    total += 3 * f * len(method.student_views)
+    total += sum(t_of(v) for v in method.teacher_views if not (v == "nat" and "t_nat" in method.inner_refs))
+    return total

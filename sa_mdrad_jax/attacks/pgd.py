@@ -13,6 +13,7 @@ evaluation suite.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import jax
@@ -56,13 +57,16 @@ def pgd_from(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, start: jax
 
 
 def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x: jax.Array, start: jax.Array,
-                   carry: Any, *, eps: float, step_size: float, steps: int) -> tuple[jax.Array, Any]:
+                   carry: Any, *, eps: float, step_size: float, steps: int,
+                   unroll: int | bool | None = None) -> tuple[jax.Array, Any]:
     """PGD whose loss also threads an auxiliary state through the iterations.
 
     `loss_fn(z, carry) -> (per-example losses [B], new carry)`; returns (x', final carry). Used by
     training methods that attack with the student's BatchNorm in train mode (ARD, IAD): every
     attack forward updates the running statistics, and the outer loss starts from the result.
-    With `steps=0` the carry is returned unchanged.
+    With `steps=0` the carry is returned unchanged. `unroll` is the `fori_loop` unroll factor
+    (True: fully unrolled); None uses the enclosing `loop_unroll(...)` context (default: rolled), so a
+    benchmark can compare the two without threading a flag through every step builder.
     """
     x = jax.lax.stop_gradient(x)
     grad_fn = jax.grad(lambda z, c: _summed(loss_fn(z, c)), has_aux=True)
@@ -75,8 +79,22 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     start = jax.lax.stop_gradient(start)
     if steps == 0:
         return jax.lax.stop_gradient(project(start, x, eps)), carry
-    x_adv, carry = jax.lax.fori_loop(0, steps, body, (start, carry))
+    unroll = _UNROLL[-1] if unroll is None else unroll
+    x_adv, carry = jax.lax.fori_loop(0, steps, body, (start, carry), unroll=unroll)
     return jax.lax.stop_gradient(x_adv), carry
+
+
+_UNROLL = [None]   # None: fori_loop's default (rolled)
+
+
+@contextlib.contextmanager
+def loop_unroll(unroll: int | bool):
+    """Within this context, PGD loops traced without an explicit `unroll` use this factor."""
+    _UNROLL.append(unroll)
+    try:
+        yield
+    finally:
+        _UNROLL.pop()
 
 
 def _summed(out):

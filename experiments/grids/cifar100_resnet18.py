@@ -1,0 +1,9 @@
+"""Paper table: every method on cifar100 with a resnet18 student, 3 seeds (sa_mdrad_jax/grid_presets.py).
+
+  python experiments/run_grid.py --grid=experiments/grids/cifar100_resnet18.py
+"""
+from sa_mdrad_jax.grid_presets import paper_grid
+
+
+def get_grid():
+    return paper_grid("cifar100", "resnet18")

@@ -1,0 +1,276 @@
+"""Experiment grids: methods × students × datasets × seeds, each run in its own workdir.
+
+A grid file is a Python module with `get_grid()` returning a dict (see experiments/grids/):
+
+  name, root, results          the grid's name, where run workdirs go, where tables/plots go
+  datasets, students, seeds    the axes
+  methods                      labels: 'natural' (no method block), a registered method name, or
+                               'name+term' to switch a composable term on (e.g. 'adaad+igdm')
+  base_config(method, dataset, student) -> ConfigDict
+                               the full training config of one run before the seed is set (a
+                               callable, or a dict method -> 'configs/x.py:{dataset},{student}')
+  overrides                    dotted keys set on every student run ({'train.epochs': 4})
+  teachers                     {dataset: {name: {'config': ConfigDict | None, 'workdir': str}}}:
+                               prerequisites trained once (seed of their config) before the
+                               students, in order; 'workdir' '' = `<root>/<dataset>/teachers/<name>`.
+                               A student config's `teachers.<name>.workdir` is filled from here.
+  evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'}
+
+`run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
+from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
+skipped when its evaluation.json matches the grid's evaluation settings and the run's final step),
+then copies the evaluation JSONs and metrics into `results` and writes the tables and plots
+(sa_mdrad_jax.grid_report).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from typing import Callable
+
+import ml_collections
+
+from sa_mdrad_jax import config as config_lib
+
+DONE_FILE = "grid_done.json"   # written after a run's training returned: the config it finished with
+EVAL_DIR = "evaluation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of the grid (a student, or a teacher prerequisite when `seed` is None)."""
+    dataset: str
+    student: str
+    method: str          # the label: 'natural', 'rslad', 'adaad+igdm', ...
+    seed: int | None
+    workdir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.student}/{self.method}/seed{self.seed}"
+
+    @property
+    def file_stem(self) -> str:
+        return f"{self.dataset}_{self.student}_{self.method}_seed{self.seed}"
+
+
+def load_grid(path: str) -> dict:
+    """Calls `get_grid()` of the grid file at `path`; fills the optional fields' defaults."""
+    spec = importlib.util.spec_from_file_location("_sa_mdrad_grid", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    grid = dict(module.get_grid())
+    grid.setdefault("overrides", {})
+    grid.setdefault("teachers", {})
+    grid.setdefault("evaluation", {})
+    grid["evaluation"] = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 1000,
+                          "eps": 8 / 255, "batch_size": 200, "seed": 0,
+                          "curve_eps": tuple(e / 255 for e in (0, 2, 4, 8, 16)), **grid["evaluation"]}
+    missing = [k for k in ("name", "root", "results", "datasets", "students", "methods", "seeds", "base_config")
+               if k not in grid]
+    if missing:
+        raise config_lib.ConfigError(f"Grid file {path} lacks {', '.join(missing)} (see sa_mdrad_jax/grid.py).")
+    return grid
+
+
+def split_label(label: str) -> tuple[str, tuple[str, ...]]:
+    """'adaad+igdm' -> ('adaad', ('igdm',))."""
+    name, *terms = label.split("+")
+    return name, tuple(terms)
+
+
+def expand(grid: dict) -> list[Run]:
+    """The student runs, dataset-major then student, method, seed (the order they are trained in)."""
+    return [Run(d, s, m, int(seed), os.path.join(grid["root"], d, s, m, f"seed{seed}"))
+            for d in grid["datasets"] for s in grid["students"] for m in grid["methods"] for seed in grid["seeds"]]
+
+
+def teacher_workdir(grid: dict, dataset: str, name: str) -> str:
+    spec = grid["teachers"].get(dataset, {}).get(name, {})
+    return spec.get("workdir") or os.path.join(grid["root"], dataset, "teachers", name)
+
+
+def set_dotted(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """`config.a.b = value` for 'a.b', checking the key exists (a typo names the valid keys)."""
+    config_lib.check_key(config, dotted)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def fill_teacher_workdirs(grid: dict, dataset: str, config: ml_collections.ConfigDict) -> None:
+    """Points every `teachers.<name>.workdir` of `config` at the grid's teacher of that name."""
+    for name in config.get("teachers", {}):
+        if name in grid["teachers"].get(dataset, {}):
+            config.teachers[name].workdir = teacher_workdir(grid, dataset, name)
+
+
+def _base(grid: dict, method: str, dataset: str, student: str) -> ml_collections.ConfigDict:
+    base = grid["base_config"]
+    if isinstance(base, dict):
+        base = base[method]
+    if isinstance(base, str):
+        return config_lib.load_config_file(base.format(dataset=dataset, student=student, method=method))
+    return base(method, dataset, student)
+
+
+def run_config(grid: dict, run: Run) -> ml_collections.ConfigDict:
+    """The full training config of a student run: base config, terms, overrides, seed, teachers."""
+    name, terms = split_label(run.method)
+    c = _base(grid, name, run.dataset, run.student)
+    for term in terms:
+        if "method" not in c or term not in c.method:
+            raise config_lib.ConfigError(f"Method label {run.method!r}: {name!r} has no composable term {term!r}.")
+        c.method[term].enabled = True
+    for key, value in grid["overrides"].items():
+        if key.startswith("method.") and "method" not in c:
+            continue   # method options do not apply to natural training
+        set_dotted(c, key, value)
+    c.seed = run.seed
+    fill_teacher_workdirs(grid, run.dataset, c)
+    return c
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON values (tuples become lists), for comparing with a stored one."""
+    return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `workdir` finished training with exactly `config` (its done-marker matches)."""
+    path = os.path.join(workdir, DONE_FILE)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        done = json.load(f)
+    return done.get("config") == _config_json(config)
+
+
+def mark_finished(workdir: str, config: ml_collections.ConfigDict, result: dict) -> None:
+    with open(os.path.join(workdir, DONE_FILE), "w") as f:
+        json.dump({"config": _config_json(config), "final": result}, f, indent=2, default=float)
+
+
+def final_step(workdir: str) -> int | None:
+    path = os.path.join(workdir, DONE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["final"].get("step")
+
+
+def train_run(workdir: str, config: ml_collections.ConfigDict, train_fn: Callable | None = None,
+              log: Callable = print) -> bool:
+    """Trains one run unless it already finished with this config; returns whether it trained.
+
+    An unfinished workdir (no marker, or a marker of another config, e.g. more epochs now) is
+    handed to the loop, which resumes from its latest checkpoint.
+    """
+    if is_finished(workdir, config):
+        log(f"skip (finished): {workdir}")
+        return False
+    if train_fn is None:
+        from sa_mdrad_jax.train.loop import train as train_fn
+    log(f"train: {workdir}")
+    t0 = time.perf_counter()
+    result = train_fn(config, workdir)
+    mark_finished(workdir, config, {**result, "train_seconds": time.perf_counter() - t0})
+    return True
+
+
+def evaluation_matches(record: dict, evaluation: dict, step: int | None) -> bool:
+    """Whether an evaluation.json record was made with these settings on this checkpoint step."""
+    if step is not None and record.get("step") != step:
+        return False
+    want_curve = sorted(f"{e:.6f}" for e in evaluation["curve_eps"])
+    return (list(record.get("accuracy", {})) == list(evaluation["attacks"])
+            and record.get("n_points") == evaluation["n_points"]
+            and abs(record.get("eps", -1) - evaluation["eps"]) < 1e-9
+            and record.get("seed") == evaluation["seed"]
+            and sorted(record.get("curve", {})) == want_curve)
+
+
+def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = None,
+                 log: Callable = print) -> dict:
+    """The run's evaluation record: read from `<workdir>/evaluation/evaluation.json` if it matches,
+    else computed (and written there)."""
+    path = os.path.join(workdir, EVAL_DIR, "evaluation.json")
+    step = final_step(workdir)
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if evaluation_matches(record, evaluation, step):
+            log(f"skip (evaluated): {workdir}")
+            return record
+    if evaluate_fn is None:
+        from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint as evaluate_fn
+    log(f"evaluate: {workdir}")
+    return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
+                       eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
+                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, EVAL_DIR))
+
+
+def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]:
+    """(dataset, workdir, config) of every teacher to train (those with a config), in order."""
+    out = []
+    for dataset in grid["datasets"]:
+        for name, spec in grid["teachers"].get(dataset, {}).items():
+            if spec.get("config") is None:
+                continue   # provided (e.g. imported from PyTorch): must already be there
+            c = ml_collections.ConfigDict(spec["config"].to_dict())
+            fill_teacher_workdirs(grid, dataset, c)   # e.g. a robust teacher trained with teachers listed
+            out.append((dataset, teacher_workdir(grid, dataset, name), c))
+    return out
+
+
+def collect(runs: list[Run], results_dir: str) -> None:
+    """Copies each run's evaluation.json and metrics.jsonl into `results_dir` (flat, by run)."""
+    for sub in ("evaluations", "metrics"):
+        os.makedirs(os.path.join(results_dir, sub), exist_ok=True)
+    for run in runs:
+        ev = os.path.join(run.workdir, EVAL_DIR, "evaluation.json")
+        if os.path.exists(ev):
+            with open(ev) as f:
+                record = json.load(f)
+            # The run's coordinates travel with the record, so the report needs nothing else.
+            record["run"] = {"dataset": run.dataset, "student": run.student, "method": run.method,
+                             "seed": run.seed, "stem": run.file_stem}
+            record.pop("checkpoint", None)   # an absolute path on the machine that ran it
+            with open(os.path.join(results_dir, "evaluations", run.file_stem + ".json"), "w") as f:
+                json.dump(record, f, indent=2, default=float)
+        metrics = os.path.join(run.workdir, "metrics.jsonl")
+        if os.path.exists(metrics):
+            _copy(metrics, os.path.join(results_dir, "metrics", run.file_stem + ".jsonl"))
+
+
+def _copy(src: str, dst: str) -> None:
+    with open(src) as f, open(dst, "w") as g:
+        g.write(f.read())
+
+
+def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,
+             report: bool = True) -> list[Run]:
+    """Teachers, then every student run (train, evaluate), then results (copies, tables, plots).
+
+    `only` keeps the runs whose name ('dataset/student/method/seedN') contains it.
+    """
+    t0 = time.perf_counter()
+    for dataset, workdir, c in teacher_runs(grid):
+        train_run(workdir, c, train_fn, log)
+    runs = [r for r in expand(grid) if only in r.name]
+    for run in runs:
+        train_run(run.workdir, run_config(grid, run), train_fn, log)
+        evaluate_run(run.workdir, grid["evaluation"], evaluate_fn, log)
+        log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
+    if report:
+        from sa_mdrad_jax import grid_report
+        collect(runs, grid["results"])
+        grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
+                                 evaluation=grid["evaluation"])
+    log(f"grid {grid['name']}: {len(runs)} runs in {time.perf_counter() - t0:.0f} s")
+    return runs

@@ -1,0 +1,133 @@
+"""The grids of the papers' tables (experiments/grids/*.py) and the digits grid that runs on a CPU.
+
+Paper protocol (methods.md): ε = 8/255, PGD-10 of 2/255 for training; the RSLAD/MTARD schedule
+of `configs/sa_mdrad.py` for every student; evaluation on the first 10,000 test points with
+clean, FGSM, PGD-20, CW∞ and standard AutoAttack. Teachers:
+
+  natural   WRN-34-10, ResNet-50, VGG-16-BN (configs/teacher_<dataset>.py), SA-MDRAD's default set
+  robust    a TRADES WRN-34-10 (the robust teacher of ARD/IAD/RSLAD/AdaAD and MTARD's robust one;
+            MTARD's natural teacher is the natural WRN-34-10). It is trained by the grid with the
+            TRADES method; to use a published checkpoint instead, import it first
+            (`sa-mdrad import-torch ... --workdir=runs/<dataset>/teachers/robust`) and set its
+            'config' to None in the grid file.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from sa_mdrad_jax import config as config_lib
+
+PAPER_METHODS = ("natural", "pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
+PAPER_EVALUATION = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 10000,
+                    "eps": 8 / 255, "batch_size": 500, "seed": 0,
+                    "curve_eps": tuple(e / 255 for e in (0, 2, 4, 8, 12, 16))}
+
+
+def primary(natural: dict) -> str:
+    """The natural teacher whose architecture the robust teacher has (WRN-34-10 in the papers)."""
+    return "wrn34_10" if "wrn34_10" in natural else next(iter(natural))
+
+
+def teacher_block(method: str, natural: dict, robust: str = "robust") -> dict:
+    """{name: model spec} of the teachers a method distils from (the names key the grid's teachers)."""
+    if method == "sa_mdrad":
+        return dict(natural)
+    first = primary(natural)
+    if method == "mtard":
+        return {robust: natural[first], first: natural[first]}
+    return {robust: natural[first]}   # single robust teacher (unused by PGD-AT / TRADES)
+
+
+def method_config(base: ml_collections.ConfigDict, method: str, teachers: dict) -> ml_collections.ConfigDict:
+    """`base` (a distillation config) with `method`'s block and teachers; 'natural' drops both."""
+    c = ml_collections.ConfigDict(base.to_dict())
+    if method == "natural":
+        del c["method"], c["teachers"]
+        return c
+    eps, step_size, steps = base.method.eps, base.method.step_size, base.method.steps
+    c.method = config_lib.method_config(method)
+    c.method.update(eps=eps, step_size=step_size, steps=steps)
+    if method == "mtard":
+        robust, natural = list(teachers)
+        c.method.update(robust_teacher=robust, natural_teacher=natural)
+    c.teachers = ml_collections.ConfigDict()
+    for name, spec in teachers.items():
+        spec = dict(spec)
+        c.teachers[name] = config_lib.teacher_entry(spec.pop("name"), "", **spec)
+    return c
+
+
+def paper_grid(dataset: str, student: str) -> dict:
+    """The grid of one paper table: every method × 3 seeds on `dataset` with `student`."""
+    sa_mdrad = config_lib.load_config_file(f"configs/sa_mdrad.py:{dataset},{student}")
+    natural = {name: t.model.to_dict() for name, t in sa_mdrad.teachers.items()}
+
+    def base_config(method, dataset_, student_):
+        del dataset_, student_
+        return method_config(sa_mdrad, method, teacher_block(method, natural))
+
+    teachers = {}
+    for name in natural:
+        teachers[name] = {"config": config_lib.load_config_file(f"configs/teacher_{dataset}.py:{name}"), "workdir": ""}
+    first = primary(natural)
+    robust = method_config(sa_mdrad, "trades", {first: natural[first]})
+    robust.model = ml_collections.ConfigDict(natural[first])
+    robust.checkpoint.best_metric = "test_robust_accuracy"
+    teachers["robust"] = {"config": robust, "workdir": ""}
+    return {
+        "name": f"{dataset}, {student}", "root": "runs/grids", "results": f"experiments/results/{dataset}_{student}",
+        "datasets": (dataset,), "students": (student,), "methods": PAPER_METHODS, "seeds": (0, 1, 2),
+        "base_config": base_config, "overrides": {"eval.robust_eps": 8 / 255},
+        "teachers": {dataset: teachers}, "evaluation": dict(PAPER_EVALUATION),
+    }
+
+
+def digits_grid() -> dict:
+    """Every method on digits, 3 seeds, shrunk to finish on a 2-core CPU (see experiments/grids/digits.py)."""
+    eps, pgd_steps = 32 / 255, 3
+    natural = {"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
+               "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")}
+
+    def shared(c):
+        c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False)
+        c.train.update(epochs=4, batch_size=64)
+        c.optim.update(lr=0.05, weight_decay=5e-4, schedule="cosine", boundaries=(), warmup_epochs=0.5)
+        c.eval.update(batch_size=360, robust_points=200, robust_eps=eps)
+        c.checkpoint.update(keep=1)
+        c.log.update(every_steps=11, progress=False, tensorboard=False)
+        return c
+
+    base = shared(config_lib.distill_config("sa_mdrad"))
+    base.model.update(name="resnet_tiny", width=1.0, normalize="digits")
+    base.method.update(eps=eps, steps=pgd_steps, step_size=2.5 * eps / pgd_steps)
+
+    def base_config(method, dataset, student):
+        del dataset
+        c = method_config(base, method, teacher_block(method, natural))
+        c.model.name = student
+        if method == "iad":
+            c.method.start_epoch = 1   # the paper's introspection starts at epoch 60 of 300; here 1 of 4
+        return c
+
+    teachers = {}
+    for name, spec in natural.items():
+        t = shared(config_lib.base_config())
+        t.model.update(spec)
+        t.train.epochs = 6
+        t.eval.robust_points = 0
+        teachers[name] = {"config": t, "workdir": ""}
+    robust = method_config(base, "pgd_at", {"resnet18": natural["resnet18"]})
+    robust.model.update(natural["resnet18"])
+    robust.train.epochs = 6
+    teachers["robust"] = {"config": robust, "workdir": ""}
+    return {
+        "name": "digits (8×8), resnet_tiny student", "root": "workdir/grids/digits",
+        "results": "experiments/results/digits",
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": PAPER_METHODS, "seeds": (0, 1, 2),
+        "base_config": base_config,
+        "overrides": {},
+        "teachers": {"digits": teachers},
+        "evaluation": {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 200,
+                       "eps": eps, "batch_size": 200, "seed": 0,
+                       "curve_eps": tuple(e / 255 for e in (0, 8, 16, 32, 48))},
+    }

@@ -1,0 +1,230 @@
+"""Tables and plots of a grid's results directory (written by sa_mdrad_jax.grid.collect).
+
+`<results>/evaluations/*.json` are evaluation records (sa_mdrad_jax.evaluate.robustness) with a
+`run` field {dataset, student, method, seed}; `<results>/metrics/*.jsonl` the runs' metric logs
+with the same stem. From them:
+
+  tables.md                    one table per (dataset, student) in the papers' layout: a row per
+                               method; clean, FGSM, PGD-20, CW∞, AutoAttack accuracy (%) as
+                               mean ± std over seeds (sample std, n − 1; a single seed shows the mean)
+  summary.json                 the same numbers
+  <dataset>_<student>_eps.png        accuracy under PGD-20 vs ε, a line per method (mean ± std)
+  <dataset>_<student>_training.png   clean / robust test accuracy over epochs, per method (seed mean)
+  <dataset>_<student>_sa_mdrad_diagnostics.png  SA-MDRAD's per-step diagnostics over epochs
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+
+COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw_inf_30": "CW∞", "autoattack": "AutoAttack"}
+# Train-record fields that are not method diagnostics.
+_TRAIN_FIELDS = {"step", "kind", "time", "loss", "accuracy", "lr", "img_per_s"}
+
+
+def load_records(results_dir: str) -> list[dict]:
+    records = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "evaluations", "*.json"))):
+        with open(path) as f:
+            rec = json.load(f)
+        if "run" in rec:
+            records.append(rec)
+    return records
+
+
+def mean_std(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def fmt(mean: float, std: float | None) -> str:
+    """'85.30 ± 1.20' in percent (accuracies are fractions)."""
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def _order(methods: list[str], known: list[str] | None) -> list[str]:
+    known = known or []
+    return [m for m in known if m in methods] + sorted(m for m in methods if m not in known)
+
+
+def aggregate(records: list[dict]) -> dict:
+    """{(dataset, student): {method: {attack: (mean, std, n)}}} over the seeds present."""
+    groups: dict = {}
+    for rec in records:
+        r = rec["run"]
+        cell = groups.setdefault((r["dataset"], r["student"]), {}).setdefault(r["method"], {})
+        for attack, acc in rec["accuracy"].items():
+            cell.setdefault(attack, []).append(acc)
+    return {key: {m: {a: (*mean_std(v), len(v)) for a, v in attacks.items()} for m, attacks in methods.items()}
+            for key, methods in groups.items()}
+
+
+def markdown_table(group: dict, methods: list[str] | None = None) -> str:
+    """The papers' layout: rows methods, columns Clean / FGSM / PGD-20 / CW∞ / AutoAttack, and n seeds."""
+    attacks = [a for a in COLUMNS if any(a in cells for cells in group.values())]
+    extra = sorted({a for cells in group.values() for a in cells} - set(attacks))
+    attacks += extra
+    lines = ["| method | " + " | ".join(COLUMNS.get(a, a) for a in attacks) + " | seeds |",
+             "|---|" + "---|" * len(attacks) + "---|"]
+    for m in _order(list(group), methods):
+        cells = group[m]
+        n = max(c[2] for c in cells.values())
+        lines.append(f"| {m} | " + " | ".join(fmt(*cells[a][:2]) if a in cells else "–" for a in attacks)
+                     + f" | {n} |")
+    return "\n".join(lines)
+
+
+def _records_by(records, dataset, student):
+    return [r for r in records if (r["run"]["dataset"], r["run"]["student"]) == (dataset, student)]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_eps_curves(records: list[dict], path: str, title: str, methods=None) -> bool:
+    """Accuracy under PGD-20 vs ε (/255), a line per method: mean over seeds, std as error bars."""
+    by_method: dict = {}
+    for rec in records:
+        if rec.get("curve"):
+            by_method.setdefault(rec["run"]["method"], []).append(rec["curve"])
+    if not by_method:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in _order(list(by_method), methods):
+        eps = sorted(by_method[m][0], key=float)
+        acc = np.array([[c[e] for e in eps] for c in by_method[m]], dtype=np.float64) * 100
+        ax.errorbar([float(e) * 255 for e in eps], acc.mean(0), yerr=acc.std(0, ddof=1) if len(acc) > 1 else None,
+                    marker="o", ms=3, capsize=2, label=m)
+    ax.set_xlabel("ε (/255)")
+    ax.set_ylabel("accuracy under PGD-20 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _metrics_by_method(results_dir: str, records: list[dict]) -> dict:
+    """{method: [metric records of one seed, ...]} for the runs in `records`."""
+    out: dict = {}
+    for rec in records:
+        path = os.path.join(results_dir, "metrics", rec["run"]["stem"] + ".jsonl")
+        if os.path.exists(path):
+            out.setdefault(rec["run"]["method"], []).append(read_jsonl(path))
+    return out
+
+
+def _seed_mean(series: list[dict[float, float]]) -> tuple[list[float], np.ndarray]:
+    """Mean over seeds at the x values all seeds have."""
+    xs = sorted(set.intersection(*(set(s) for s in series)))
+    return xs, np.array([[s[x] for x in xs] for s in series]).mean(0)
+
+
+def plot_training_curves(metrics: dict, path: str, title: str, methods=None) -> bool:
+    """Clean and robust test accuracy over epochs (eval records), a line per method (seed mean)."""
+    panels = [("test_accuracy", "clean test accuracy (%)"), ("test_robust_accuracy", "robust test accuracy (%)")]
+    if not metrics:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, label) in zip(axes, panels):
+        for m in _order(list(metrics), methods):
+            series = [{r["epoch"]: r[key] for r in run if r["kind"] == "eval" and key in r} for run in metrics[m]]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            xs, ys = _seed_mean(series)
+            ax.plot(xs, 100 * ys, marker="o", ms=3, label=m)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def diagnostic_series(run: list[dict]) -> dict[str, dict[float, float]]:
+    """{diagnostic: {epoch (fractional): value}} from a run's train records; epochs from the eval records."""
+    evals = [r for r in run if r["kind"] == "eval" and r.get("epoch")]
+    steps_per_epoch = evals[0]["step"] / evals[0]["epoch"] if evals else 1.0
+    out: dict = {}
+    for r in run:
+        if r["kind"] != "train":
+            continue
+        for k, v in r.items():
+            if k not in _TRAIN_FIELDS:
+                out.setdefault(k, {})[r["step"] / steps_per_epoch] = v
+    return out
+
+
+def plot_diagnostics(runs: list[list[dict]], path: str, title: str) -> bool:
+    """Every diagnostic field of the train records (seed mean) over epochs, one panel each."""
+    per_seed = [diagnostic_series(run) for run in runs]
+    names = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+    if not names:
+        return False
+    plt = _plt()
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        xs, ys = _seed_mean([s[name] for s in per_seed])
+        ax.plot(xs, ys, lw=1)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.supxlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(results_dir: str, *, title: str = "", methods: list[str] | None = None,
+                 evaluation: dict | None = None) -> str:
+    """Writes tables.md, summary.json and the plots; returns the tables' Markdown."""
+    records = load_records(results_dir)
+    groups = aggregate(records)
+    parts, summary = [], []
+    for (dataset, student), group in sorted(groups.items()):
+        subset = _records_by(records, dataset, student)
+        first = subset[0]
+        head = (f"### {dataset}, {student} student\n\nAccuracy (%) on the first {first['n_points']} test points, "
+                f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds "
+                f"(AutoAttack: standard version).\n\n")
+        parts.append(head + markdown_table(group, methods))
+        summary.append({"dataset": dataset, "student": student,
+                        "methods": {m: {a: {"mean": c[0], "std": c[1], "n": c[2]} for a, c in cells.items()}
+                                    for m, cells in group.items()}})
+        stem = os.path.join(results_dir, f"{dataset}_{student}")
+        plot_eps_curves(subset, stem + "_eps.png", f"{dataset}, {student}: accuracy vs ε", methods)
+        metrics = _metrics_by_method(results_dir, subset)
+        plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: test accuracy", methods)
+        if "sa_mdrad" in metrics:
+            plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
+                             f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")
+    text = (f"# {title}\n\n" if title else "") + "\n\n".join(parts) + "\n"
+    with open(os.path.join(results_dir, "tables.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, "summary.json"), "w") as f:
+        json.dump({"groups": summary, "evaluation": evaluation}, f, indent=2, default=list)
+    return text

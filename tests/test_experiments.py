@@ -1,0 +1,206 @@
+"""Experiment grids: run expansion, skip/resume decisions, evaluation reuse, tables; per-method FLOPs."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sa_mdrad_jax import config as config_lib, flops, grid, grid_report
+from sa_mdrad_jax.methods import make_method
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 50, "eps": 8 / 255,
+        "batch_size": 50, "seed": 0, "curve_eps": (0.0, 4 / 255, 8 / 255)}
+
+
+def _tiny_grid(tmp_path) -> dict:
+    def base_config(method, dataset, student):
+        c = config_lib.distill_config(method) if method != "natural" else config_lib.base_config()
+        c.dataset.name, c.model.name = dataset, student
+        if method != "natural":
+            c.teachers.t = config_lib.teacher_entry("resnet_tiny")
+        return c
+    return {"name": "t", "root": str(tmp_path / "runs"), "results": str(tmp_path / "results"),
+            "datasets": ("digits",), "students": ("resnet_tiny",), "methods": ("natural", "pgd_at", "adaad+igdm"),
+            "seeds": (0, 1), "base_config": base_config, "overrides": {"train.epochs": 2, "method.steps": 3},
+            "teachers": {"digits": {"t": {"config": config_lib.base_config(), "workdir": ""}}}, "evaluation": EVAL}
+
+
+def test_expand_and_run_config(tmp_path):
+    g = _tiny_grid(tmp_path)
+    runs = grid.expand(g)
+    assert [r.name for r in runs[:3]] == ["digits/resnet_tiny/natural/seed0", "digits/resnet_tiny/natural/seed1",
+                                          "digits/resnet_tiny/pgd_at/seed0"]
+    assert len({r.workdir for r in runs}) == 6
+    natural, igdm = grid.run_config(g, runs[1]), grid.run_config(g, runs[-1])
+    assert "method" not in natural and natural.seed == 1 and natural.train.epochs == 2  # method.* skipped
+    assert igdm.method.name == "adaad" and igdm.method.igdm.enabled and igdm.method.steps == 3
+    assert igdm.teachers.t.workdir == os.path.join(g["root"], "digits", "teachers", "t")
+    g["overrides"] = {"train.epochz": 1}
+    with pytest.raises(config_lib.ConfigError, match="epochs"):
+        grid.run_config(g, runs[0])
+
+
+def test_train_skips_finished_and_hands_unfinished_runs_to_the_loop(tmp_path):
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append((workdir, config.train.epochs))
+        os.makedirs(workdir, exist_ok=True)
+        return {"test_accuracy": 0.5, "step": 10 * config.train.epochs}
+
+    g = _tiny_grid(tmp_path)
+    g["methods"] = ("pgd_at",)
+    evals = []
+    fake_eval = lambda workdir, **kw: evals.append(workdir) or {}  # noqa: E731
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False)
+    assert len(calls) == 3 and len(evals) == 2          # the teacher, then two seeds
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False)
+    assert len(calls) == 3                              # all finished with the same config: skipped
+    # A changed config (more epochs) is not finished: the loop gets the workdir again (it resumes).
+    g["overrides"] = {"train.epochs": 3}
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False, only="seed1")
+    assert calls[3:] == [(os.path.join(g["root"], "digits", "resnet_tiny", "pgd_at", "seed1"), 3)]
+    # A workdir with checkpoints but no done-marker (interrupted) is trained (resumed), not skipped.
+    run = grid.expand(g)[0]
+    os.remove(os.path.join(run.workdir, grid.DONE_FILE))
+    assert grid.train_run(run.workdir, grid.run_config(g, run), fake_train, log=lambda m: None)
+
+
+def _record(accuracy: dict, step=20, **kw) -> dict:
+    return {"accuracy": accuracy, "n_points": 50, "eps": 8 / 255, "seed": 0, "step": step,
+            "curve": {f"{e:.6f}": 0.5 for e in EVAL["curve_eps"]}, **kw}
+
+
+def test_evaluation_is_reused_only_when_it_matches(tmp_path):
+    workdir = str(tmp_path / "run")
+    os.makedirs(os.path.join(workdir, grid.EVAL_DIR))
+    grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 20})
+    calls = []
+
+    def fake_eval(workdir, **kw):
+        calls.append(kw)
+        return {}
+
+    stored = _record({a: 0.5 for a in EVAL["attacks"]})
+    with open(os.path.join(workdir, grid.EVAL_DIR, "evaluation.json"), "w") as f:
+        json.dump(stored, f)
+    assert grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None) == stored and not calls
+    for changed in ({"n_points": 100}, {"eps": 4 / 255}, {"attacks": ("clean", "pgd20")},
+                    {"curve_eps": (0.0, 8 / 255)}):
+        grid.evaluate_run(workdir, {**EVAL, **changed}, fake_eval, log=lambda m: None)
+    assert [c["n_points"] for c in calls] == [100, 50, 50, 50]
+    grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 30})   # trained further
+    grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None)
+    assert len(calls) == 5
+
+
+def _write_results(results, accs_by_method: dict, with_metrics=True):
+    os.makedirs(os.path.join(results, "evaluations"))
+    os.makedirs(os.path.join(results, "metrics"))
+    for method, per_seed in accs_by_method.items():
+        for seed, acc in enumerate(per_seed):
+            stem = f"digits_resnet_tiny_{method}_seed{seed}"
+            rec = _record(acc, run={"dataset": "digits", "student": "resnet_tiny", "method": method,
+                                    "seed": seed, "stem": stem})
+            with open(os.path.join(results, "evaluations", stem + ".json"), "w") as f:
+                json.dump(rec, f)
+            if with_metrics:
+                lines = [{"step": 5 * e, "kind": "train", "loss": 1.0, "accuracy": 0.5, "lr": 0.1, "img_per_s": 9.0,
+                          "w_adv_0": 0.1 * e, "kl_adv": 1.0 / e} for e in (1, 2)]
+                lines += [{"step": 5 * e, "kind": "eval", "epoch": e, "test_accuracy": 0.4 + 0.1 * e,
+                           "test_robust_accuracy": 0.1 * e} for e in (1, 2)]
+                with open(os.path.join(results, "metrics", stem + ".jsonl"), "w") as f:
+                    f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def test_table_is_mean_and_sample_std_over_seeds_in_paper_layout(tmp_path):
+    results = str(tmp_path / "results")
+    sa = [{"clean": 0.90, "fgsm": 0.60, "pgd20": 0.50, "cw_inf_30": 0.45, "autoattack": 0.40},
+          {"clean": 0.80, "fgsm": 0.62, "pgd20": 0.52, "cw_inf_30": 0.47, "autoattack": 0.44},
+          {"clean": 0.85, "fgsm": 0.64, "pgd20": 0.48, "cw_inf_30": 0.43, "autoattack": 0.42}]
+    pgd = [{"clean": 0.70, "fgsm": 0.40, "pgd20": 0.30, "cw_inf_30": 0.25, "autoattack": 0.20}]
+    _write_results(results, {"sa_mdrad": sa, "pgd_at": pgd})
+    text = grid_report.write_report(results, title="T", methods=["pgd_at", "sa_mdrad"])
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    assert lines[0] == "| method | Clean | FGSM | PGD-20 | CW∞ | AutoAttack | seeds |"
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    # Rows in the grid's method order; one seed shows the mean alone.
+    assert lines[2] == "| pgd_at | 70.00 | 40.00 | 30.00 | 25.00 | 20.00 | 1 |"
+    clean = [r["clean"] for r in sa]
+    assert np.std(clean, ddof=1) == pytest.approx(0.05)
+    assert lines[3] == "| sa_mdrad | 85.00 ± 5.00 | 62.00 ± 2.00 | 50.00 ± 2.00 | 45.00 ± 2.00 | 42.00 ± 2.00 | 3 |"
+    with open(os.path.join(results, "summary.json")) as f:
+        summary = json.load(f)["groups"][0]["methods"]["sa_mdrad"]["autoattack"]
+    assert summary["mean"] == pytest.approx(0.42) and summary["std"] == pytest.approx(0.02) and summary["n"] == 3
+    for png in ("eps", "training", "sa_mdrad_diagnostics"):
+        assert os.path.getsize(os.path.join(results, f"digits_resnet_tiny_{png}.png")) > 1000
+
+
+def test_diagnostics_are_read_per_epoch_without_the_standard_fields():
+    run = [{"step": 10, "kind": "train", "loss": 1.0, "accuracy": 0.5, "lr": 0.1, "img_per_s": 3.0, "w_adv_0": 0.2},
+           {"step": 20, "kind": "train", "loss": 1.0, "accuracy": 0.5, "lr": 0.1, "img_per_s": 3.0, "w_adv_0": 0.4},
+           {"step": 20, "kind": "eval", "epoch": 1, "test_accuracy": 0.9}]
+    assert grid_report.diagnostic_series(run) == {"w_adv_0": {0.5: 0.2, 1.0: 0.4}}
+
+
+def _method(name, **options):
+    c = config_lib.method_config(name)
+    for term, value in options.items():
+        c[term].enabled = value
+    return make_method(c, ("robust", "natural") if name == "mtard" else None)
+
+
+F, T1, T2, K = 3.0, 11.0, 17.0, 10
+
+
+@pytest.mark.parametrize("name, teachers, expected", [
+    ("pgd_at", (), K * 2 * F + 3 * F),                                  # 23F
+    ("trades", (), K * 2 * F + F + 2 * 3 * F),                          # clean reference, two views
+    ("rslad", (T1,), K * 2 * F + T1 + 2 * 3 * F),                       # 26F + T (T(x) reused)
+    ("ard", (T1,), K * 2 * F + 2 * 3 * F + T1),
+    ("iad", (T1,), K * 2 * F + 2 * 3 * F + 2 * T1),
+    ("mtard", (T1, T2), K * 2 * F + 2 * 3 * F + T1 + T2),               # robust on x', natural on x
+    # AdaAD: teacher forward + input-gradient in every attack step. performance.md's
+    # 10·(2F+2T) + 3F + 2T is the paper's α = 1 step; this implementation also runs the student
+    # on x for the (1−α)-weighted clean term, one more 3F.
+    ("adaad", (T1,), K * (2 * F + 2 * T1) + 2 * 3 * F + 2 * T1),
+    ("sa_mdrad", (T1, T2), K * 2 * F + 2 * 3 * F + 2 * (T1 + T2)),       # 10·2F + 2·3F + 2·ΣT_k
+])
+def test_method_step_flops(name, teachers, expected):
+    assert flops.method_step_flops(_method(name), F, teachers, K) == pytest.approx(expected)
+
+
+def test_method_step_flops_natural_and_igdm_views():
+    assert flops.method_step_flops(None, F) == 3 * F
+    plain = flops.method_step_flops(_method("adaad"), F, (T1,), K)
+    # IGDM adds the student on x ± δ (2 · 3F) and the teacher on both (2T).
+    assert flops.method_step_flops(_method("adaad", igdm=True), F, (T1,), K) == pytest.approx(plain + 6 * F + 2 * T1)
+    single_view = make_method(config_lib.method_config("adaad"))
+    import dataclasses
+    paper = dataclasses.replace(single_view, student_views=("adv",))
+    assert flops.method_step_flops(paper, F, (T1,), K) == pytest.approx(K * (2 * F + 2 * T1) + 3 * F + 2 * T1)
+
+
+def test_pgd_unroll_gives_the_same_iterates_and_removes_the_loop():
+    import jax
+    import jax.numpy as jnp
+    from sa_mdrad_jax.attacks.pgd import loop_unroll as unrolled_pgd, pgd_with_carry
+    w = jax.random.normal(jax.random.PRNGKey(0), (12, 3))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 12))
+    loss = lambda z, c: (jnp.sum(jnp.tanh(z @ w) ** 2, -1), c)  # noqa: E731
+
+    def attack(x):
+        return pgd_with_carry(loss, x, x + 0.01, (), eps=0.1, step_size=0.03, steps=4)[0]
+
+    rolled = jax.make_jaxpr(attack)(x)
+    with unrolled_pgd(True):
+        unrolled = jax.make_jaxpr(attack)(x)
+        np.testing.assert_allclose(jax.jit(attack)(x), attack(x))
+    def loop_unroll(jaxpr):
+        (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("scan", "while")]
+        return eqn.params.get("unroll", 1)
+    assert loop_unroll(rolled) in (1, False) and loop_unroll(unrolled) in (4, True)
+    np.testing.assert_allclose(jax.core.eval_jaxpr(unrolled.jaxpr, unrolled.consts, x)[0],
+                               jax.core.eval_jaxpr(rolled.jaxpr, rolled.consts, x)[0], rtol=1e-6)
