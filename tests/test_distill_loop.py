@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sa_mdrad_jax import checkpoints
-from sa_mdrad_jax.config import distill_config, teacher_entry
+from sa_mdrad_jax.config import distill_config, method_config, teacher_entry
 from sa_mdrad_jax.train import loop, writers
 from util import apply_overrides, assert_trees_equal, final_params, tiny_config
 
@@ -59,3 +59,24 @@ def test_teacher_of_another_architecture_is_refused(teachers, tmp_path):
     c.teachers["resnet_tiny"].workdir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="resnet_tiny"):
         loop.train(c, str(tmp_path / "x"))
+
+
+@pytest.mark.slow
+def test_mtard_balance_state_is_checkpointed_and_resumes_exactly(teachers, tmp_path):
+    """MTARD's weights (method state) survive a kill-and-resume: the resumed run equals the straight one."""
+    def config(steps):
+        c = _config(teachers, **{"train.max_steps": steps, "log.every_steps": 2})
+        c.method = method_config("mtard")
+        c.method.update(steps=1, robust_teacher="wrn_tiny", natural_teacher="resnet_tiny")
+        return c
+
+    loop.train(config(4), str(tmp_path / "full"))
+    saved = final_params(str(tmp_path / "full"))
+    state = saved["extra"]["method"]
+    assert int(state["started"]) == 1 and float(state["w_nat"]) != 0.5 and float(state["loss0_adv"]) > 0
+    assert "balance_w_nat" in writers.read_metrics(str(tmp_path / "full"), "train")[-1]
+    part = str(tmp_path / "part")
+    loop.train(config(2), part)
+    assert float(final_params(part)["extra"]["method"]["w_nat"]) != float(state["w_nat"])
+    loop.train(config(4), part)
+    assert_trees_equal(final_params(part), saved)
