@@ -1,19 +1,9 @@
-"""SA-MDRAD ablation: Teachers see only clean inputs: the adversarial-branch target is the fused clean target.
+"""SA-MDRAD ablation: teachers see clean inputs only (teacher_input_adv = 'clean').
 
-  sa-mdrad distill --config=configs/ablations/clean_teacher_inputs.py:cifar10,resnet18 --workdir=runs/cifar10/ablation_clean_teacher_inputs
-
-Everything else is `configs/sa_mdrad.py` with the same '<dataset>,<student>' argument.
+  sa-mdrad distill --config=configs/ablations/clean_teacher_inputs.py:cifar10,resnet18 --workdir=runs/ablation_clean_teacher_inputs
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "sa_mdrad_config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sa_mdrad.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from sa_mdrad_jax.methods.sa_mdrad_recipes import ablation_config
 
 
 def get_config(arg: str = "cifar10,resnet18"):
-    c = base.get_config(arg)
-    c.method.teacher_input_adv = "clean"
-    return c
+    return ablation_config("clean_teacher_inputs", arg)

@@ -1,19 +1,9 @@
-"""SA-MDRAD ablation: No feature term (β = 0): no connectors, KL on logits only.
+"""SA-MDRAD ablation: no feature term (beta = 0): no connectors, KL on logits only.
 
-  sa-mdrad distill --config=configs/ablations/logits_only.py:cifar10,resnet18 --workdir=runs/cifar10/ablation_logits_only
-
-Everything else is `configs/sa_mdrad.py` with the same '<dataset>,<student>' argument.
+  sa-mdrad distill --config=configs/ablations/logits_only.py:cifar10,resnet18 --workdir=runs/ablation_logits_only
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "sa_mdrad_config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sa_mdrad.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from sa_mdrad_jax.methods.sa_mdrad_recipes import ablation_config
 
 
 def get_config(arg: str = "cifar10,resnet18"):
-    c = base.get_config(arg)
-    c.method.beta = 0.0
-    return c
+    return ablation_config("logits_only", arg)

@@ -1,19 +1,9 @@
-"""SA-MDRAD ablation: Every teacher weighted 1/K on every sample (no confidence-aware weighting).
+"""SA-MDRAD ablation: every teacher weighted 1/K on every sample (no confidence-aware weights).
 
-  sa-mdrad distill --config=configs/ablations/uniform_weights.py:cifar10,resnet18 --workdir=runs/cifar10/ablation_uniform_weights
-
-Everything else is `configs/sa_mdrad.py` with the same '<dataset>,<student>' argument.
+  sa-mdrad distill --config=configs/ablations/uniform_weights.py:cifar10,resnet18 --workdir=runs/ablation_uniform_weights
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "sa_mdrad_config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sa_mdrad.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from sa_mdrad_jax.methods.sa_mdrad_recipes import ablation_config
 
 
 def get_config(arg: str = "cifar10,resnet18"):
-    c = base.get_config(arg)
-    c.method.weighting = "uniform"
-    return c
+    return ablation_config("uniform_weights", arg)
