@@ -47,6 +47,8 @@ def _digits():
 def _method(name: str):
     base, *terms = name.split("+")
     cfg = method_config(base)
+    if base == "sa_mdrad":   # the options that add machinery: attack through the teachers, MTARD branch balance
+        cfg.update(attack_loss="kl_fused_adv", branch_weights="mtard")
     for term in terms:
         cfg[term].enabled = True
     return make_method(cfg, TEACHER_NAMES)
@@ -108,11 +110,15 @@ def _run(name, devices, n_steps=2, trace_counter=None):
     student = TinyNet(bn_axis_name=step_lib.DATA)
     teachers, tv = _teachers()
     tx = _tx()
-    state = _initial_state(student, tx, (8, 8, 3), 0, (), method)
+    connectors = ()
+    if method.connectors:
+        connectors = distill_step.make_connectors(
+            distill_step.feature_shapes(student, (8, 8, 3)), [distill_step.feature_shapes(t, (8, 8, 3)) for t in teachers])
+    state = _initial_state(student, tx, (8, 8, 3), 0, connectors, method)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state, tv = jax.device_put((state, tv), replicated)
     fn = distill_step.make_distill_step(method, student, teachers, tx, mesh, eps=8 / 255, step_size=2 / 255,
-                                        steps=2, pad=2, flip=False)
+                                        steps=2, connectors=connectors, pad=2, flip=False)
     if trace_counter is not None:
         fn = trace_counter(fn)
     step = jax.jit(fn, donate_argnums=(0,))
@@ -128,7 +134,7 @@ def _run(name, devices, n_steps=2, trace_counter=None):
     return jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("name", ["ard", "adaad+igdm", "mtard"])
+@pytest.mark.parametrize("name", ["ard", "adaad+igdm", "mtard", "sa_mdrad"])
 def test_step_on_8_devices_equals_1_device_and_traces_once(name):
     one, m1 = _run(name, 1)
     chex.clear_trace_counter()
@@ -140,7 +146,7 @@ def test_step_on_8_devices_equals_1_device_and_traces_once(name):
         assert set(a) == set(b)
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-4, err_msg=k)
-    if name == "mtard":
+    if name in ("mtard", "sa_mdrad"):
         assert float(one.extra["method"]["w_nat"]) != 0.5 and int(one.extra["method"]["started"]) == 1
     if name == "adaad+igdm":
         assert "igdm_sum" in m1[0] and float(m1[1]["igdm_kl_sum"]) > 0
