@@ -83,9 +83,11 @@ def split_label(label: str) -> tuple[str, tuple[str, ...]]:
 
 
 def expand(grid: dict) -> list[Run]:
-    """The student runs, dataset-major then student, method, seed (the order they are trained in)."""
+    """The student runs in the order they are trained: seed-major (every method's first seed
+    before any second seed, so an interrupted grid still has a complete table), then dataset,
+    student, method."""
     return [Run(d, s, m, int(seed), os.path.join(grid["root"], d, s, m, f"seed{seed}"))
-            for d in grid["datasets"] for s in grid["students"] for m in grid["methods"] for seed in grid["seeds"]]
+            for seed in grid["seeds"] for d in grid["datasets"] for s in grid["students"] for m in grid["methods"]]
 
 
 def teacher_workdir(grid: dict, dataset: str, name: str) -> str:

@@ -90,9 +90,9 @@ def digits_grid() -> dict:
 
     def shared(c):
         c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False)
-        c.train.update(epochs=4, batch_size=64)
+        c.train.update(epochs=3, batch_size=64)
         c.optim.update(lr=0.05, weight_decay=5e-4, schedule="cosine", boundaries=(), warmup_epochs=0.5)
-        c.eval.update(batch_size=360, robust_points=200, robust_eps=eps)
+        c.eval.update(batch_size=360, robust_points=100, robust_eps=eps)
         c.checkpoint.update(keep=1)
         c.log.update(every_steps=11, progress=False, tensorboard=False)
         return c
@@ -106,7 +106,7 @@ def digits_grid() -> dict:
         c = method_config(base, method, teacher_block(method, natural))
         c.model.name = student
         if method == "iad":
-            c.method.start_epoch = 1   # the paper's introspection starts at epoch 60 of 300; here 1 of 4
+            c.method.start_epoch = 1   # the paper's introspection starts at epoch 60 of 300; here 1 of 3
         return c
 
     teachers = {}
@@ -119,6 +119,7 @@ def digits_grid() -> dict:
     robust = method_config(base, "pgd_at", {"resnet18": natural["resnet18"]})
     robust.model.update(natural["resnet18"])
     robust.train.epochs = 6
+    robust.eval.robust_points = 200
     teachers["robust"] = {"config": robust, "workdir": ""}
     return {
         "name": "digits (8×8), resnet_tiny student", "root": "workdir/grids/digits",
@@ -129,5 +130,5 @@ def digits_grid() -> dict:
         "teachers": {"digits": teachers},
         "evaluation": {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 200,
                        "eps": eps, "batch_size": 200, "seed": 0,
-                       "curve_eps": tuple(e / 255 for e in (0, 8, 16, 32, 48))},
+                       "curve_eps": tuple(e / 255 for e in (0, 16, 32, 48))},
     }

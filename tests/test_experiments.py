@@ -30,10 +30,10 @@ def _tiny_grid(tmp_path) -> dict:
 def test_expand_and_run_config(tmp_path):
     g = _tiny_grid(tmp_path)
     runs = grid.expand(g)
-    assert [r.name for r in runs[:3]] == ["digits/resnet_tiny/natural/seed0", "digits/resnet_tiny/natural/seed1",
-                                          "digits/resnet_tiny/pgd_at/seed0"]
+    assert [r.name for r in runs[:3]] == ["digits/resnet_tiny/natural/seed0", "digits/resnet_tiny/pgd_at/seed0",
+                                          "digits/resnet_tiny/adaad+igdm/seed0"]
     assert len({r.workdir for r in runs}) == 6
-    natural, igdm = grid.run_config(g, runs[1]), grid.run_config(g, runs[-1])
+    natural, igdm = grid.run_config(g, runs[3]), grid.run_config(g, runs[-1])
     assert "method" not in natural and natural.seed == 1 and natural.train.epochs == 2  # method.* skipped
     assert igdm.method.name == "adaad" and igdm.method.igdm.enabled and igdm.method.steps == 3
     assert igdm.teachers.t.workdir == os.path.join(g["root"], "digits", "teachers", "t")
