@@ -28,7 +28,6 @@ F = torch.nn.functional
 from sa_mdrad_jax.config import method_config  # noqa: E402
 from sa_mdrad_jax.methods import make_method  # noqa: E402
 from sa_mdrad_jax.methods.base import AttackContext, Outputs, StepContext  # noqa: E402
-from sa_mdrad_jax.methods.igdm import NEG, POS  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
