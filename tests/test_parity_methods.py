@@ -239,20 +239,9 @@ def test_iad_outer_value_matches_pytorch(setup, iad, epoch):
     assert (float(terms["introspection"]) > 0) == (epoch >= config.start_epoch)
 
 
-def test_iad_outer_gradient_matches_pytorch_with_fixed_clean_target(setup, iad):
-    """Our IAD-I stops the gradient at the introspection target σS(x) (iad.py docstring); with that
-    convention the parameter gradient matches. See the next test for the official code's."""
-    config, results = iad
-    _, g = results[60]
-    _, s = _torch_iad(config, setup, 60, detach_clean=True)
-    assert_grads_close(g, s)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "discrepancy with the official IAD-I code: ZFancy/IAD IAD-I.py:179 (and AdaAD main.py:378) use "
-    "F.softmax(basic_net(inputs)) as the introspection target without .detach(), so the gradient "
-    "also flows through the clean branch S(x); sa_mdrad_jax/methods/iad.py stops it (p_self)"))
 def test_iad_outer_gradient_matches_official_convention(setup, iad):
+    """The introspection target σS(x) is not detached (ZFancy/IAD IAD-I.py l. 179): the gradient
+    flows through the clean branch too, and detaching it would give another gradient."""
     config, results = iad
     _, g = results[60]
     _, s = _torch_iad(config, setup, 60, detach_clean=False)

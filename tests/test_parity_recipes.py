@@ -4,8 +4,8 @@ Our KL terms are batchmean × `kl_scale`; the official codes' reductions transla
 `nn.KLDivLoss()` ('mean') = batchmean / C, i.e. kl_scale = 1/C; an explicit
 `(1/B)·sum(KLDivLoss(reduce=False))` or `KLDivLoss(reduction='batchmean')` = kl_scale 1;
 RSLAD/MTARD's `10·torch.mean` on CIFAR-100 = kl_scale 0.1. These tests pin each recipe to the
-official line it reproduces; the ones marked xfail are discrepancies found by the official-code
-comparison (experiments/parity_official_methods.py), to be fixed in the recipes.
+official line it reproduces (the AdaAD CIFAR-100 scale and the RSLAD+IGDM ramp were found and
+fixed by the official-code comparison, experiments/parity_official_methods.py).
 """
 from __future__ import annotations
 
@@ -30,27 +30,16 @@ def test_recipe_kl_scale_matches_the_official_reduction(method, arg, kl_scale, w
     assert paper_config(method, arg).method.kl_scale == pytest.approx(kl_scale), where
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AdaAD on CIFAR-100: boyellow/AdaAD main.py l. 347-351 (the `if args.dataset == 'CIFAR100'` branch) "
-    "uses (1/len)·sum(KLDivLoss(reduce=False)) = batchmean, kl_scale 1; recipes.py sets 1/num_classes = 0.01 "
-    "for adaad on every dataset (100x smaller loss and gradient)"))
 def test_adaad_cifar100_recipe_uses_batchmean():
     assert paper_config("adaad", "cifar100,resnet18").method.kl_scale == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AdaAD+IGDM on CIFAR-100: the IGDM code base's adaad_IGDM_cifar100.py l. 142-145 computes the AdaAD term "
-    "as (1/len)·sum(KLDivLoss(reduce=False)) = batchmean (kl_scale 1, same scale as its batchmean IGDM term); "
-    "recipes.py gives the adaad base kl_scale 0.01"))
 def test_igdm_cifar100_recipe_adaad_term_uses_batchmean():
     config = paper_config("igdm", "cifar100,resnet18").method
     assert config.name == "adaad" and config.igdm.enabled
     assert config.kl_scale == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RSLAD+IGDM: the IGDM code base's rslad_IGDM_cifar100.py l. 124 ramps with epoch/300 (its RSLAD run is "
-    "300 epochs); recipes.py keeps igdm.e_ref = 200 for every base"))
 def test_igdm_rslad_recipe_ramps_over_its_300_epochs():
     config = paper_config("igdm", "cifar100,resnet18,rslad")
     assert config.train.epochs == 300

@@ -24,7 +24,9 @@ def introspection(out: Outputs, *, beta: float) -> jax.Array:
     """(1/B) Σ_i (1 − p_T(x')_{y_i}^β) KL(σ S(x)_i ‖ σ S(x')_i)."""
     p_t = losses.teacher_target(out.t_adv)                                     # [B,C]
     trust = jnp.take_along_axis(p_t, out.y[:, None], axis=-1)[:, 0] ** beta
-    p_self = jax.lax.stop_gradient(jax.nn.softmax(out.s_nat, axis=-1))
+    # No stop_gradient: the official IAD-I (ZFancy/IAD IAD-I.py l. 179) differentiates through the
+    # clean target σS(x) as well (docs/parity.md).
+    p_self = jax.nn.softmax(out.s_nat, axis=-1)
     return jnp.mean((1.0 - trust) * losses.kl_per_example(p_self, out.s_adv))
 
 

@@ -75,8 +75,10 @@ def _cifar(method: str, dataset: str, student: str, base: str | None) -> ml_coll
     m = c.method
     if recipe == "trades":
         m.update(eps=0.031, step_size=0.007, steps=10)   # train_trades_cifar10.py
-    if recipe in ("ard", "iad", "adaad"):
+    if recipe in ("ard", "iad") or (recipe == "adaad" and dataset == "cifar10"):
         m.kl_scale = 1.0 / num_classes                   # the reference codes' nn.KLDivLoss() 'mean' reduction
+    elif recipe == "adaad":
+        m.kl_scale = 1.0                                 # AdaAD main.py l. 347-351: CIFAR-100 branch is batchmean
     for key, model in _robust_teachers(recipe, dataset).items():
         c.teachers[key] = teacher_entry(workdir="", **model)
     if recipe == "mtard":
@@ -87,6 +89,8 @@ def _cifar(method: str, dataset: str, student: str, base: str | None) -> ml_coll
         m.update(robust_teacher=robust, natural_teacher="wrn34_10_natural")
     if method == "igdm":
         m.igdm.enabled = True                            # α = 20, β = γ = 1, E_ref = 200 (the reference)
+        if recipe == "rslad":
+            m.igdm.e_ref = 300.0                         # rslad_IGDM_cifar100.py l. 124: epoch/300 (its 300-epoch run)
     return c
 
 
