@@ -94,7 +94,10 @@ def plot_eps_curves(records: list[dict], path: str, title: str, methods=None) ->
     by_method: dict = {}
     for rec in records:
         if rec.get("curve"):
-            by_method.setdefault(rec["run"]["method"], []).append(rec["curve"])
+            curve = dict(rec["curve"])
+            if "pgd20" in rec["accuracy"]:   # the table's PGD-20 column is the curve at the evaluation ε
+                curve.setdefault(f"{rec['eps']:.6f}", rec["accuracy"]["pgd20"])
+            by_method.setdefault(rec["run"]["method"], []).append(curve)
     if not by_method:
         return False
     plt = _plt()
