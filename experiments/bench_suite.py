@@ -1,6 +1,7 @@
 """Benchmark suite: the jitted training step of every method, and AutoAttack, against the device's limit.
 
-  python experiments/bench_suite.py                                   # the default (CPU-sized) set
+  python experiments/bench_suite.py          # the default set: the digits grid's setup (resnet_tiny student,
+                                             # ResNet-18 ×0.25 + WRN-16-4 ×0.25 teachers, 8×8, batch 32, PGD-10)
   python experiments/bench_suite.py --methods=pgd_at,sa_mdrad --models=resnet18 --width=1 \\
       --teachers=wrn34_10,resnet50,vgg16_bn --teacher_width=1 --image_size=32 --batches=512 \\
       --dtypes=bfloat16 --steps=10 --reps=5                         # the H100 goal of performance.md
@@ -42,15 +43,15 @@ sys.path.insert(0, ROOT)
 ALL_METHODS = ("natural", "pgd_at", "trades", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
 
 flags.DEFINE_list("methods", list(ALL_METHODS), "Method labels ('name+term' enables a composable term).")
-flags.DEFINE_list("models", ["resnet18"], "Student models (zoo names).")
-flags.DEFINE_float("width", 0.25, "Student channel multiplier.")
+flags.DEFINE_list("models", ["resnet_tiny"], "Student models (zoo names).")
+flags.DEFINE_float("width", 1.0, "Student channel multiplier.")
 flags.DEFINE_list("teachers", ["resnet18", "wrn16_4"], "Teachers: SA-MDRAD uses all; single-teacher methods "
                   "the first; MTARD the first (robust) and second (natural).")
 flags.DEFINE_float("teacher_width", 0.25, "Teacher channel multiplier.")
-flags.DEFINE_list("batches", ["64"], "Global batch sizes.")
+flags.DEFINE_list("batches", ["32"], "Global batch sizes.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (model.dtype): float32, bfloat16.")
 flags.DEFINE_list("devices", ["1"], "Device counts (CPU: simulated with XLA_FLAGS in the subprocess).")
-flags.DEFINE_integer("image_size", 16, "Square image size.")
+flags.DEFINE_integer("image_size", 8, "Square image size.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
 flags.DEFINE_integer("pgd_steps", 10, "PGD steps K of the training attack.")
 flags.DEFINE_integer("steps", 3, "Steps per timed repetition.")

@@ -204,3 +204,20 @@ def test_pgd_unroll_gives_the_same_iterates_and_removes_the_loop():
     assert loop_unroll(rolled) in (1, False) and loop_unroll(unrolled) in (4, True)
     np.testing.assert_allclose(jax.core.eval_jaxpr(unrolled.jaxpr, unrolled.consts, x)[0],
                                jax.core.eval_jaxpr(rolled.jaxpr, rolled.consts, x)[0], rtol=1e-6)
+
+
+def test_shared_compile_evaluation_equals_the_standard_evaluator(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from sa_mdrad_jax import checkpoints, models
+    from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint
+    cfg = {"name": "resnet_tiny", "num_classes": 10, "width": 1.0, "normalize": "digits"}
+    model = models.get_model(**cfg)
+    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 3)), train=False)
+    workdir = str(tmp_path / "ckpt")
+    checkpoints.save_variables(workdir, cfg, variables, image_shape=(8, 8, 3), meta={"dataset": "digits"})
+    kw = dict(attack_names=("clean", "fgsm"), n_points=12, eps=32 / 255, batch_size=12, seed=0, curve_eps=())
+    shared = grid.evaluate_checkpoint_shared(workdir, **kw)
+    standard = evaluate_checkpoint(workdir, **kw)
+    assert shared["accuracy"] == standard["accuracy"]
+    assert 0 < shared["accuracy"]["clean"] and shared["n_points"] == 12
