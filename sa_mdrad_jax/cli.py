@@ -4,6 +4,10 @@
   distill     adversarial training / distillation (config with a `method` block): same flags
   evaluate    robust accuracy of a checkpoint: --workdir=DIR [--attacks=clean,fgsm,pgd20,cw_inf_30,autoattack]
               [--n_points=1000] [--eps_255=8] [--batch_size=200] [--out_dir=DIR]
+  sanity      S1–S11 gradient-masking checks of a checkpoint: --workdir=DIR [--n_points=1000]
+              [--eps_255=8] [--budget=standard|fast|smoke] [--best] [--batch_size=200] [--out_dir=DIR]
+              prints a pass/fail table, writes sanity.{json,md} (default into the workdir);
+              exit code 1 if any check fails
   quickstart  offline digits demo:          [--workdir=DIR] [--config.a.b=v]
   prepare     download/prepare a dataset:   --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]
   import-torch  PyTorch state dict -> teacher workdir: --checkpoint=FILE(.pt|.pth|.safetensors)
@@ -42,7 +46,8 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_float("eps_255", 8.0, "L-inf radius in 1/255 units (evaluate).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 200, "Attack batch size (evaluate).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Attack seed (evaluate).", flag_values=fv)
-    flags.DEFINE_string("out_dir", None, "Where evaluate writes its reports (default <workdir>/evaluation).",
+    flags.DEFINE_string("out_dir", None, "Where evaluate / sanity write their reports "
+                        "(default <workdir>/evaluation / <workdir>).",
                         flag_values=fv)
     flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint to read (import-torch).", flag_values=fv)
     flags.DEFINE_string("model", None, "Zoo model name the checkpoint holds (import-torch).", flag_values=fv)
@@ -53,6 +58,11 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
                         "(cifar10, ...) or 'm1,m2,m3/s1,s2,s3' (import-torch).", flag_values=fv)
     flags.DEFINE_integer("image_size", 32, "Image size the teacher is used at (import-torch).", flag_values=fv)
     flags.DEFINE_string("out", None, "The .safetensors file to write (export-torch).", flag_values=fv)
+    flags.DEFINE_enum("budget", "standard", ["standard", "fast", "smoke"],
+                      "Attack budget of the sanity checks: AutoAttack's standard one, a smaller one for CPU "
+                      "runs, or a minimal one that only checks the wiring (sanity).",
+                      flag_values=fv)
+    flags.DEFINE_bool("best", False, "Check the best checkpoint instead of the latest (sanity).", flag_values=fv)
     flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
                       "absl/Orbax log level (Orbax logs every save at info).", flag_values=fv)
     return fv
@@ -87,6 +97,24 @@ def _evaluate(argv):
     label = f"{record['model']['name']} (step {record['step']})"
     print(robustness.markdown_table({label: record}))
     print(f"wrote {out_dir}/evaluation.{{json,md}} and robust_accuracy_vs_eps.png")
+
+
+def _sanity(argv):
+    _no_positional(argv)
+    from sa_mdrad_jax.evaluate import sanity
+    _require("workdir")
+    if not 0 < FLAGS.eps_255 <= 255:
+        raise UsageError(f"--eps_255 must be in (0, 255]; got {FLAGS.eps_255}.")
+    if FLAGS.n_points < 2:
+        raise UsageError(f"--n_points must be at least 2 (S2 changes batch companions), got {FLAGS.n_points}.")
+    out_dir = FLAGS.out_dir or FLAGS.workdir
+    record = sanity.sanity_check_checkpoint(FLAGS.workdir, n_points=FLAGS.n_points, eps=FLAGS.eps_255 / 255,
+                                            batch_size=FLAGS.batch_size, seed=FLAGS.seed, budget=FLAGS.budget,
+                                            best=FLAGS.best, data_dir=FLAGS.data_dir, out_dir=out_dir)
+    print(sanity.markdown_table(record["checks"], sanity.record_header(record)))
+    print(f"wrote {out_dir}/sanity.{{json,md}}")
+    if not record["passed"]:
+        raise SystemExit(1)
 
 
 def _prepare(argv):
@@ -128,7 +156,8 @@ def _distill(argv):
     _train(argv)
 
 
-COMMANDS = {"train": _train, "distill": _distill, "evaluate": _evaluate, "quickstart": _quickstart,
+COMMANDS = {"train": _train, "distill": _distill, "evaluate": _evaluate, "sanity": _sanity,
+            "quickstart": _quickstart,
             "prepare": _prepare, "import-torch": _import_torch, "export-torch": _export_torch}
 
 

@@ -13,6 +13,21 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Tests run tiny models for a few steps: compile time dominates, so trade run-time speed for it.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(scope="session")
+def digits_natural():
+    """The shared naturally trained digits MLP (util.digits_mlp), trained once per session."""
+    from util import digits_mlp
+    return digits_mlp(adversarial=False)
+
+
+@pytest.fixture(scope="session")
+def digits_adversarial():
+    """The shared PGD-AT digits MLP (util.digits_mlp, ε = util.ADV_EPS), trained once per session."""
+    from util import digits_mlp
+    return digits_mlp(adversarial=True)

@@ -11,7 +11,6 @@ from sa_mdrad_jax.attacks.autoattack import autoattack, bucket_sizes
 from sa_mdrad_jax.attacks.fab import fab_t
 from sa_mdrad_jax.attacks.pgd import pgd
 from sa_mdrad_jax.attacks.square import square
-from sa_mdrad_jax.data import load_split
 
 # A hand-built world: 2×2×1 images; pixel (0,0) holds the point's id, pixel (0,1) its class as the
 # nearest of 4 centres, pixel (1,1) is a scratch pixel the fake attacks perturb.
@@ -129,28 +128,10 @@ def test_random_attack_same_key_same_result_and_empty_stages():
         autoattack(_logits, x, y, jax.random.PRNGKey(0), eps=EPS, attacks=("nope",), registry=registry)
 
 
-def _mlp(params, x):
-    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
-    return h @ params["w2"] + params["b2"]
-
-
-def test_real_attacks_on_a_trained_mlp():
-    """PGD (CE, uniform start), then small-budget FAB-T and Square, on a digits MLP."""
-    x, y = load_split("digits", "train", image_size=8)
-    x, y = jnp.asarray(x, jnp.float32) / 255.0, jnp.asarray(y)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {"w1": jax.random.normal(k1, (192, 32)) / np.sqrt(192), "b1": jnp.zeros(32),
-              "w2": jax.random.normal(k2, (32, 10)) / np.sqrt(32), "b2": jnp.zeros(10)}
-    opt = optax.adam(1e-2)
-    state = opt.init(params)
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(_mlp(p, x), y).mean()
-    step = jax.jit(lambda p, s: (lambda u: (optax.apply_updates(p, u[0]), u[1]))(
-        opt.update(jax.grad(loss)(p), s, p)))
-    for _ in range(100):
-        params, state = step(params, state)
-    logits_fn = functools.partial(_mlp, params)
-    xt, yt = load_split("digits", "test", image_size=8)
-    xt, yt = np.asarray(xt[:48], np.float32) / 255.0, np.asarray(yt[:48], np.int32)
+def test_real_attacks_on_a_trained_mlp(digits_natural):
+    """PGD (CE, uniform start), then small-budget FAB-T and Square, on the shared digits MLP."""
+    logits_fn = digits_natural.logits_fn
+    xt, yt = np.asarray(digits_natural.x_test[:48]), np.asarray(digits_natural.y_test[:48])
 
     def pgd_ce(logits_fn, x, y, key, *, eps):
         ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(logits_fn(z), y)

@@ -1,5 +1,4 @@
-"""FAB-T and Square (L∞): validity, a real accuracy drop on a trained digits MLP, FAB's ε rule."""
-import functools
+"""FAB-T and Square (L∞): validity, a real accuracy drop on the shared digits MLP, FAB's ε rule."""
 
 import jax
 import jax.numpy as jnp
@@ -10,41 +9,17 @@ import pytest
 from sa_mdrad_jax.attacks.fab import fab_t, project_linf_hyperplane_box
 from sa_mdrad_jax.attacks.pgd import pgd
 from sa_mdrad_jax.attacks.square import p_schedule, square, square_sizes
-from sa_mdrad_jax.data import load_split
 
 EPS = 8 / 255
 N_EVAL = 128
 
 
-def _mlp(params, x):
-    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
-    return h @ params["w2"] + params["b2"]
-
-
 @pytest.fixture(scope="module")
-def model():
-    """A 192-64-10 MLP trained full-batch for 200 Adam steps on 8×8 digits (~97% test accuracy)."""
-    x, y = load_split("digits", "train", image_size=8)
-    x, y = jnp.asarray(x, jnp.float32) / 255.0, jnp.asarray(y)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {"w1": jax.random.normal(k1, (192, 64)) / np.sqrt(192), "b1": jnp.zeros(64),
-              "w2": jax.random.normal(k2, (64, 10)) / np.sqrt(64), "b2": jnp.zeros(10)}
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def step(params, state):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(_mlp(p, x), y).mean()
-        updates, state = opt.update(jax.grad(loss)(params), state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = opt.init(params)
-    for _ in range(200):
-        params, state = step(params, state)
-    logits_fn = functools.partial(_mlp, params)
-    xt, yt = load_split("digits", "test", image_size=8)
-    xt, yt = jnp.asarray(xt, jnp.float32) / 255.0, jnp.asarray(yt, jnp.int32)
-    assert float(jnp.mean(jnp.argmax(logits_fn(xt), -1) == yt)) > 0.9
-    return logits_fn, xt[:N_EVAL], yt[:N_EVAL]
+def model(digits_natural):
+    """The shared natural digits MLP (util.digits_mlp, ~97% test accuracy), first N_EVAL test points."""
+    m = digits_natural
+    assert float(jnp.mean(jnp.argmax(m.logits_fn(m.x_test), -1) == m.y_test)) > 0.9
+    return m.logits_fn, m.x_test[:N_EVAL], m.y_test[:N_EVAL]
 
 
 def _acc(logits_fn, x, y):
@@ -86,7 +61,7 @@ def test_fab_t_stays_valid_and_breaks_points_like_pgd(model):
     clean, robust = _acc(logits_fn, x, y), _acc(logits_fn, x_adv, y)
     ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(logits_fn(z), y)
     pgd_acc = _acc(logits_fn, pgd(ce, x, jax.random.PRNGKey(2), eps=EPS, step_size=EPS / 4, steps=50), y)
-    assert robust <= clean - 0.05, (clean, robust)        # measured: 0.984 → 0.898
+    assert robust <= clean - 0.05, (clean, robust)        # measured: 0.984 → 0.391
     assert robust <= pgd_acc + 0.02, (robust, pgd_acc)    # a min-norm attack as strong as PGD-50 here
     # Broken points carry their adversarial example; the others are returned untouched.
     broken = jnp.argmax(logits_fn(x_adv), -1) != y
@@ -126,7 +101,7 @@ def test_square_stays_valid_and_reduces_accuracy(model):
     x_adv = square(logits_fn, x, y, jax.random.PRNGKey(1), eps=EPS, n_queries=1000)
     _assert_valid(x_adv, x, EPS)
     robust = _acc(logits_fn, x_adv, y)
-    assert robust <= clean - 0.04, (clean, robust)         # measured: 0.984 → 0.914
+    assert robust <= clean - 0.04, (clean, robust)         # measured: 0.984 → 0.781
     assert robust <= _acc(logits_fn, few, y)                # more queries never hurt on the same key
     # Perturbed pixels sit on the ε-ball's vertices or the box edge (Square only takes ±ε moves).
     moved = np.asarray(jnp.abs(x_adv - x))
