@@ -211,9 +211,9 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
     for (dataset, student), group in sorted(groups.items()):
         subset = _records_by(records, dataset, student)
         first = subset[0]
+        aa = " (AutoAttack: standard version)" if any("autoattack" in c for c in group.values()) else ""
         head = (f"### {dataset}, {student} student\n\nAccuracy (%) on the first {first['n_points']} test points, "
-                f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds "
-                f"(AutoAttack: standard version).\n\n")
+                f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds{aa}.\n\n")
         parts.append(head + markdown_table(group, methods))
         summary.append({"dataset": dataset, "student": student,
                         "methods": {m: {a: {"mean": c[0], "std": c[1], "n": c[2]} for a, c in cells.items()}
