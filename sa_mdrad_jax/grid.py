@@ -350,6 +350,44 @@ def collect(runs: list[Run], results_dir: str) -> None:
             _copy(metrics, os.path.join(results_dir, "metrics", run.file_stem + ".jsonl"))
 
 
+LOCK_FILE = ".grid_lock"
+
+
+def acquire(workdir: str) -> bool:
+    """Claims a run for this process (several runners on one machine then share a grid's runs).
+
+    The lock file holds the owner's PID; a lock whose process is gone (killed runner) is taken over.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+                os.kill(pid, 0)          # raises if no such process
+                return pid == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                try:
+                    os.remove(path)      # stale: its runner is gone
+                except FileNotFoundError:
+                    pass
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(workdir: str) -> None:
+    try:
+        os.remove(os.path.join(workdir, LOCK_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def _copy(src: str, dst: str) -> None:
     with open(src) as f, open(dst, "w") as g:
         g.write(f.read())
@@ -366,8 +404,14 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
         train_run(workdir, c, train_fn, log)
     runs = [r for r in expand(grid) if only in r.name]
     for run in runs:
-        train_run(run.workdir, run_config(grid, run), train_fn, log)
-        evaluate_run(run.workdir, grid["evaluation"], evaluate_fn, log)
+        if not acquire(run.workdir):
+            log(f"busy (another runner holds {run.workdir}): left to it")
+            continue
+        try:
+            train_run(run.workdir, run_config(grid, run), train_fn, log)
+            evaluate_run(run.workdir, grid["evaluation"], evaluate_fn, log)
+        finally:
+            release(run.workdir)
         log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
     if report:
         from sa_mdrad_jax import grid_report

@@ -221,3 +221,17 @@ def test_shared_compile_evaluation_equals_the_standard_evaluator(tmp_path):
     standard = evaluate_checkpoint(workdir, **kw)
     assert shared["accuracy"] == standard["accuracy"]
     assert 0 < shared["accuracy"]["clean"] and shared["n_points"] == 12
+
+
+def test_runners_share_a_grid_through_lock_files(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert grid.acquire(workdir)
+    assert grid.acquire(workdir)          # re-entrant for its owner
+    with open(os.path.join(workdir, grid.LOCK_FILE), "w") as f:
+        f.write("1")                      # held by another live process (init)
+    assert not grid.acquire(workdir)
+    with open(os.path.join(workdir, grid.LOCK_FILE), "w") as f:
+        f.write("999999999")              # its runner is gone: taken over
+    assert grid.acquire(workdir)
+    grid.release(workdir)
+    assert not os.path.exists(os.path.join(workdir, grid.LOCK_FILE))
