@@ -297,14 +297,32 @@ def main(argv):
         ceilings[dtype] = run_worker({"matmul": True, "dtype": dtype, "n": n}, 1)
         print(f"matmul ceiling {dtype}: {ceilings[dtype].get('tflop_per_s', float('nan')):.4f} TFLOP/s", flush=True)
     results = []
+
+    def write(final: bool):
+        """JSON (and Markdown) after every configuration: an interrupted suite keeps what it measured."""
+        table = markdown(results, ceilings)
+        record = {"host": platform.node(), "processor": platform.processor() or platform.machine(),
+                  "cpu_count": os.cpu_count(), "jax": jax.__version__, "load_average_before": load_before,
+                  "load_average_after": os.getloadavg(), "wall_s": time.time() - t_start, "complete": final,
+                  "matmul_ceiling": ceilings, "results": results, "autoattack": autoattack, "table": table}
+        if FLAGS.out:
+            os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+            with open(FLAGS.out, "w") as f:
+                json.dump(record, f, indent=2)
+        if FLAGS.md:
+            with open(FLAGS.md, "w") as f:
+                f.write(table + "\n")
+        return table
+
+    autoattack = None
     for spec, devices in specs_from_flags():
         r = run_worker(spec, devices)
         results.append(r)
+        write(final=False)
         status = (f"{r['img_per_s_median']:.3g} img/s, compile {r['compile_plus_first_step_s']:.0f} s"
                   if "error" not in r else "FAILED " + r["error"].strip().splitlines()[-1][:200])
         print(f"{spec['method']} {spec['model']} {spec['dtype']} b{spec['batch']} dev{devices} "
               f"{'unrolled' if spec['unroll'] else ''}: {status}", flush=True)
-    autoattack = None
     if FLAGS.autoattack:
         script = os.path.join(HERE, "bench_autoattack.py")
         if os.path.exists(script):
@@ -315,19 +333,7 @@ def main(argv):
             print(proc.stdout[-6000:], flush=True)
         else:
             autoattack = {"skipped": "experiments/bench_autoattack.py does not exist yet"}
-    table = markdown(results, ceilings)
-    record = {"host": platform.node(), "processor": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "jax": jax.__version__, "load_average_before": load_before,
-              "load_average_after": os.getloadavg(), "wall_s": time.time() - t_start,
-              "matmul_ceiling": ceilings, "results": results, "autoattack": autoattack, "table": table}
-    print(table)
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            json.dump(record, f, indent=2)
-    if FLAGS.md:
-        with open(FLAGS.md, "w") as f:
-            f.write(table + "\n")
+    print(write(final=True))
 
 
 if __name__ == "__main__":
