@@ -104,12 +104,16 @@ def _fab_target_run(logits_fn: LogitsFn, x0: jax.Array, y: jax.Array, target: ja
         logits = logits_fn(z)
         return logits[rows, target] - logits[rows, y]
 
-    value_and_grad = jax.value_and_grad(lambda z: jnp.sum(margin(z)), has_aux=False)
+    def summed_margin(z):
+        f = margin(z)
+        return jnp.sum(f), f
+
+    # One forward pass gives both f(x1) and ∇f(x1) (the margin is the aux output of the gradient).
+    margin_and_grad = jax.grad(summed_margin, has_aux=True)
 
     def body(_, carry):
         x1, best, best_norm = carry
-        f = margin(x1)
-        _, g = value_and_grad(x1)
+        g, f = margin_and_grad(x1)
         w = g.reshape(b, -1)
         # Linearised boundary: f(x1) + w·(z − x1) = 0. Required change of w·δ from each point.
         c1 = -f
