@@ -1,0 +1,101 @@
+"""Benchmark of standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square): wall time per 1,000 points.
+
+  sa-mdrad quickstart --workdir=workdir/quickstart      # a small robust model to attack
+  python experiments/bench_autoattack.py --workdir=workdir/quickstart/students/pgd_at --n_points=100 --reps=2
+
+Runs `attacks.autoattack` (the standard version, in full) on the first `--n_points` test images of
+the checkpoint's dataset, `--reps` + 1 times with the same key and the same jitted logits function
+(evaluation.md: float32, highest precision, eval mode). The first run compiles every stage (one
+compilation per bucket size met); later runs reuse the executables, so per stage
+
+    run s     = median over the later runs,   compile s ≈ first run − run s.
+
+Per-1,000-point figures scale run s by 1000 / n_points. They depend on how many points survive
+to the expensive stages (APGD-T, FAB-T, Square), so the robust accuracy after each stage and the
+points each stage attacked are recorded with them. Writes JSON and prints a Markdown row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Training workdir of the checkpoint to attack.", required=True)
+flags.DEFINE_integer("n_points", 100, "First n test points.")
+flags.DEFINE_integer("batch", 0, "AutoAttack chunk size (0: all points in one chunk).")
+flags.DEFINE_float("eps_255", 32.0, "L∞ ε in units of 1/255.")
+flags.DEFINE_integer("reps", 2, "Timed runs after the compiling one.")
+flags.DEFINE_integer("seed", 0, "Attack key.")
+flags.DEFINE_string("out", "", "Write results JSON here (default experiments/results/bench_autoattack_<model>_<device>.json).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sa_mdrad_jax import attacks, checkpoints, data, models
+
+    model_cfg, variables, meta = checkpoints.load_variables(FLAGS.workdir)
+    model = models.get_model(**{**model_cfg, "dtype": "float32"})
+    size = meta["image_shape"][0]
+    x, y = data.load_split(meta["dataset"], "test", image_size=size if meta["dataset"] == "digits" else None)
+    x, y = x[:FLAGS.n_points].astype(np.float32) / 255.0, y[:FLAGS.n_points]
+    variables = jax.device_get(variables)
+    logits_fn = jax.jit(lambda z: model.apply(variables, z, train=False)[0])   # one object: jit cache reused
+    eps = FLAGS.eps_255 / 255
+    key = jax.random.PRNGKey(FLAGS.seed)
+    runs = []
+    with jax.default_matmul_precision("highest"):
+        for _ in range(FLAGS.reps + 1):
+            t0 = time.perf_counter()
+            _, report = attacks.autoattack(logits_fn, jnp.asarray(x), jnp.asarray(y), key, eps=eps,
+                                           batch_size=FLAGS.batch or None)
+            report["total_seconds"] = time.perf_counter() - t0
+            runs.append(report)
+    stages = list(runs[0]["seconds"])
+    timed = runs[1:] or runs
+    run_s = {s: statistics.median(r["seconds"][s] for r in timed) for s in stages}
+    run_s["total"] = statistics.median(r["total_seconds"] for r in timed)
+    first = {**runs[0]["seconds"], "total": runs[0]["total_seconds"]}
+    n = len(x)
+    result = {
+        "model": model_cfg, "checkpoint": os.path.abspath(FLAGS.workdir), "method": meta.get("method"),
+        "dataset": meta["dataset"], "image_size": size, "eps": eps, "n_points": n,
+        "batch": FLAGS.batch or n, "reps": FLAGS.reps,
+        "clean_accuracy": runs[0]["clean_accuracy"], "robust_accuracy": runs[0]["robust_accuracy"],
+        "robust_accuracy_after": runs[0]["robust_accuracy_after"], "n_attacked": runs[0]["n_attacked"],
+        "run_seconds_median": run_s,
+        "run_seconds_min_max": {s: [min(r["seconds"][s] for r in timed), max(r["seconds"][s] for r in timed)]
+                                for s in stages},
+        "compile_seconds": {s: max(first[s] - run_s[s], 0.0) for s in first},
+        "seconds_per_1000_points": {s: v * 1000 / n for s, v in run_s.items()},
+        "same_result_every_run": all(r["robust_accuracy"] == runs[0]["robust_accuracy"] for r in runs),
+        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "host": platform.node(),
+        "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "jax": jax.__version__,
+    }
+    out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                    f"bench_autoattack_{model_cfg['name']}_{jax.default_backend()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    per = result["seconds_per_1000_points"]
+    print("| model | method | input | eps | points | clean % | robust % (AA) | "
+          + " | ".join(f"{s} s/1k" for s in stages) + " | total s/1k | compile s (all stages) | load |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(stages) + "---|---|---|")
+    print(f"| {model_cfg['name']} ×{model_cfg['width']:g} | {result['method']} | {size}×{size} | "
+          f"{FLAGS.eps_255:g}/255 | {n} | {100 * result['clean_accuracy']:.1f} | {100 * result['robust_accuracy']:.1f} | "
+          + " | ".join(f"{per[s]:.0f}" for s in stages) + f" | {per['total']:.0f} | "
+          f"{sum(v for s, v in result['compile_seconds'].items() if s != 'total'):.0f} | "
+          f"{result['load_average_1min']:.1f} |")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
