@@ -84,12 +84,19 @@ def test_fab_t_does_not_count_perturbations_larger_than_eps(model):
     np.testing.assert_array_equal(small, x)
 
 
-def test_square_p_schedule_follows_the_reference_rescaled_to_10000_queries():
-    assert p_schedule(10, 10000, 0.8) == 0.8 and p_schedule(11, 10000, 0.8) == 0.4
-    assert p_schedule(500, 10000, 0.8) == 0.1 and p_schedule(9000, 10000, 0.8) == 0.8 / 512
-    assert p_schedule(1, 100, 0.8) == 0.2                  # i=1 of 100 acts as i'=100 of 10 000
-    assert p_schedule(2500, 5000, 0.8) == 0.8 / 128
+def test_square_p_schedule_follows_the_reference():
+    # AutoAttack's standard Square (resc_schedule=False): break points on the raw iteration count.
+    assert p_schedule(10, 5000, 0.8) == 0.8 and p_schedule(11, 5000, 0.8) == 0.4
+    assert p_schedule(500, 5000, 0.8) == 0.1 and p_schedule(2500, 5000, 0.8) == 0.8 / 64
+    assert p_schedule(4999, 5000, 0.8) == 0.8 / 128 and p_schedule(1, 100, 0.8) == 0.8
     sizes = square_sizes(5000, 0.8, 32, 32)
+    assert sizes[0] == 29 and sizes[-1] == 3 and np.all(np.diff(sizes) <= 0)
+    # SquareAttack's default (rescale=True): as if the budget were 10 000 queries.
+    assert p_schedule(500, 10000, 0.8, rescale=True) == 0.1
+    assert p_schedule(9000, 10000, 0.8, rescale=True) == 0.8 / 512
+    assert p_schedule(1, 100, 0.8, rescale=True) == 0.2   # i=1 of 100 acts as i'=100 of 10 000
+    assert p_schedule(2500, 5000, 0.8, rescale=True) == 0.8 / 128
+    sizes = square_sizes(5000, 0.8, 32, 32, rescale=True)
     assert sizes[0] == 29 and sizes[-1] == 1 and np.all(np.diff(sizes) <= 0)
 
 

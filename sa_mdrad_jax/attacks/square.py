@@ -10,9 +10,11 @@
         accept x' if margin(x') < margin(x_best)
 
 P(·) after adding ±2ε puts every window pixel on a vertex of the ε-ball (or the box edge). The
-step-size schedule p(i) is the reference's: with i' = ⌊i/n_queries · 10000⌋ (rescaled as if the
-budget were 10 000 queries), p = p_init · 2^{−m}, m = 0,1,…,9 at the break points
-i' ∈ (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000].
+step-size schedule p(i) is the reference's: p = p_init · 2^{−m}, m = 0,1,…,9 at the break points
+i ∈ (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000] of the raw iteration count, as AutoAttack's
+standard version runs it (`SquareAttack(..., resc_schedule=False)`: with 5000 queries p stops at
+p_init/128). `rescale_schedule=True` gives the `SquareAttack` default instead, i replaced by
+⌊i/n_queries · 10000⌋ (as if the budget were 10 000 queries).
 
 Differences from fra31/auto-attack `square.py` (none changes what counts as broken):
   * the square's position and signs are drawn per example (as in the original square-attack
@@ -39,16 +41,17 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 _BREAKS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(i: int, n_queries: int, p_init: float) -> float:
-    """Fraction of pixels changed at iteration i (reference schedule, rescaled to 10 000 queries)."""
-    it = int(i / n_queries * 10000)
+def p_schedule(i: int, n_queries: int, p_init: float, rescale: bool = False) -> float:
+    """Fraction of pixels changed at iteration i (the reference's schedule; see module docstring)."""
+    it = int(i / n_queries * 10000) if rescale else i
     halvings = sum(it > b for b in _BREAKS)
     return p_init / 2 ** halvings
 
 
-def square_sizes(n_queries: int, p_init: float, height: int, width: int) -> np.ndarray:
+def square_sizes(n_queries: int, p_init: float, height: int, width: int,
+                 rescale: bool = False) -> np.ndarray:
     """Side of the square at every iteration: int32 [n_queries]."""
-    sizes = [max(int(round(math.sqrt(p_schedule(i, n_queries, p_init) * height * width))), 1)
+    sizes = [max(int(round(math.sqrt(p_schedule(i, n_queries, p_init, rescale) * height * width))), 1)
              for i in range(n_queries)]
     return np.minimum(np.asarray(sizes, np.int32), min(height, width))
 
@@ -64,10 +67,13 @@ def _signs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "n_queries", "p_init"))
+@functools.partial(jax.jit, static_argnames=("logits_fn", "n_queries", "p_init", "rescale_schedule"))
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float | jax.Array,
-           n_queries: int = 5000, p_init: float = 0.8) -> jax.Array:
-    """Square attack (L∞, margin loss); returns x_adv in the ε-ball ∩ [0,1] of x (NHWC)."""
+           n_queries: int = 5000, p_init: float = 0.8, rescale_schedule: bool = False) -> jax.Array:
+    """Square attack (L∞, margin loss); returns x_adv in the ε-ball ∩ [0,1] of x (NHWC).
+
+    The defaults are AutoAttack's standard Square (5000 queries, p_init 0.8, schedule on the raw
+    iteration count)."""
     x = jax.lax.stop_gradient(x.astype(jnp.float32))
     y = y.astype(jnp.int32)
     b, h, w, c = x.shape
@@ -75,7 +81,7 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, e
     k_init, k_loop = jax.random.split(key)
     x_best = jnp.clip(x + eps * _signs(k_init, (b, 1, w, c)), 0.0, 1.0)
     m_best = margin(logits_fn(x_best), y)
-    sizes = jnp.asarray(square_sizes(n_queries, p_init, h, w))
+    sizes = jnp.asarray(square_sizes(n_queries, p_init, h, w, rescale_schedule))
     rows = jnp.arange(h)[None, :, None]
     cols = jnp.arange(w)[None, None, :]
 
