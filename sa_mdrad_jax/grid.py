@@ -346,7 +346,7 @@ def collect(runs: list[Run], results_dir: str) -> None:
             with open(os.path.join(results_dir, "evaluations", run.file_stem + ".json"), "w") as f:
                 json.dump(record, f, indent=2, default=float)
         metrics = os.path.join(run.workdir, "metrics.jsonl")
-        if os.path.exists(metrics):
+        if os.path.exists(ev) and os.path.exists(metrics):   # finished, evaluated runs only
             _copy(metrics, os.path.join(results_dir, "metrics", run.file_stem + ".jsonl"))
 
 
