@@ -13,14 +13,15 @@ import pytest
 from sa_mdrad_jax.attacks import apgd, losses
 from sa_mdrad_jax.attacks.apgd import apgd_ce, apgd_run, apgd_t, checkpoints, count_increases, halve_step
 from sa_mdrad_jax.attacks.iterative import pgd20
-from test_attacks_basic import accuracy, assert_valid, band_model, linear_model, train_digits_classifier
+from test_attacks_basic import accuracy, assert_valid, band_model, linear_model
 
 EPS = 8 / 255
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return train_digits_classifier()
+def digits(digits_natural):
+    """The shared natural digits MLP (tests/util.py: digits_mlp), all 360 test points."""
+    return digits_natural.logits_fn, digits_natural.x_test, digits_natural.y_test
 
 
 # ------------------------------------------------------------------------------ checkpoints
