@@ -55,7 +55,7 @@ def test_quickstart_trains_teachers_and_students_and_writes_one_robustness_table
 
 def test_student_config_uses_the_threat_model_and_the_trained_teachers():
     config = quickstart.get_config()
-    dirs = {"resnet18": "/t/r", "wrn16": "/t/w"}
+    dirs = {"resnet18": "teachers/resnet18", "wrn16": "teachers/wrn16"}  # recorded, not read
     for method in ("pgd_at", "sa_mdrad"):
         c = quickstart.student_config(config, method, dirs)
         assert c.method.name == method
