@@ -30,27 +30,7 @@ flags.DEFINE_string("only", "", "Only runs whose name (dataset/student/method/se
 flags.DEFINE_bool("report_only", False, "Only re-make tables and plots from the results directory.")
 flags.DEFINE_string("compilation_cache", "workdir/jax_cache",
                     "Persistent XLA compilation cache ('' = off): seeds of a method share their programs.")
-flags.DEFINE_enum("evaluator", "shared", ["shared", "standard"],
-                  "'shared': sa_mdrad_jax.grid.evaluate_checkpoint_shared (attacks compiled once per "
-                  "architecture for the whole grid); 'standard': evaluate.robustness.evaluate_checkpoint "
-                  "(compiles every attack for every checkpoint).")
-flags.DEFINE_bool("fast_compile_eval", False,
-                  "Compile the evaluation attacks with jax_disable_most_optimizations: every checkpoint's "
-                  "attacks are compiled anew (the parameters are constants in them), and on a small CPU "
-                  "compiling dominates an evaluation of a few hundred points. Numerics stay float32.")
 FLAGS = flags.FLAGS
-
-
-def evaluate_fast_compile(workdir, evaluate_fn=None, **kwargs):
-    """An evaluation with XLA's optimisation passes off while it compiles (see the flag)."""
-    import jax
-
-    from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        return (evaluate_fn or evaluate_checkpoint)(workdir, **kwargs)
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
 
 
 def main(argv):
@@ -80,10 +60,7 @@ def main(argv):
         return
     t0 = time.time()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
-    evaluate_fn = grid_lib.evaluate_checkpoint_shared if FLAGS.evaluator == "shared" else None
-    if FLAGS.fast_compile_eval:
-        evaluate_fn = functools.partial(evaluate_fast_compile, evaluate_fn=evaluate_fn)
-    grid_lib.run_grid(grid, only=FLAGS.only, log=log, evaluate_fn=evaluate_fn)
+    grid_lib.run_grid(grid, only=FLAGS.only, log=log)   # attacks compile once per architecture
     with open(os.path.join(grid["results"], "tables.md")) as f:
         print(f.read())
     print(f"wall time {time.time() - t0:.0f} s")

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = config_lib.base_config()
     # Digits at their native 8×8: a 1-pixel shift, and no mirror (a mirrored digit is another glyph).
     c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False)
-    c.train.update(epochs=6, batch_size=64)
+    c.train.update(epochs=5, batch_size=64)
     c.optim.update(lr=0.05, weight_decay=5e-4, schedule="cosine", boundaries=(), warmup_epochs=0.5)
     c.eval.batch_size = 360
     c.checkpoint.keep = 1
@@ -58,8 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict(dict(
         model=dict(name="resnet_tiny", width=1.0, dtype="float32", normalize="digits"),
         methods=METHODS,
-        epochs=10,
-        pgd_steps=5,
+        epochs=8,
+        pgd_steps=3,
         lr=0.05,
     ))
     c.robustness = ml_collections.ConfigDict(dict(

@@ -206,21 +206,38 @@ def test_pgd_unroll_gives_the_same_iterates_and_removes_the_loop():
                                jax.core.eval_jaxpr(rolled.jaxpr, rolled.consts, x)[0], rtol=1e-6)
 
 
-def test_shared_compile_evaluation_equals_the_standard_evaluator(tmp_path):
+def test_checkpoints_of_one_architecture_share_compiled_attacks():
+    """The parameters are an argument of the compiled attacks, not constants: a second model of the
+    same architecture reuses every program (and gets its own, different, answers)."""
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    from sa_mdrad_jax import checkpoints, models
-    from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint
-    cfg = {"name": "resnet_tiny", "num_classes": 10, "width": 1.0, "normalize": "digits"}
-    model = models.get_model(**cfg)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 3)), train=False)
-    workdir = str(tmp_path / "ckpt")
-    checkpoints.save_variables(workdir, cfg, variables, image_shape=(8, 8, 3), meta={"dataset": "digits"})
-    kw = dict(attack_names=("clean", "fgsm"), n_points=12, eps=32 / 255, batch_size=12, seed=0, curve_eps=())
-    shared = grid.evaluate_checkpoint_shared(workdir, **kw)
-    standard = evaluate_checkpoint(workdir, **kw)
-    assert shared["accuracy"] == standard["accuracy"]
-    assert 0 < shared["accuracy"]["clean"] and shared["n_points"] == 12
+    import numpy as np
+    import importlib
+    autoattack_module = importlib.import_module("sa_mdrad_jax.attacks.autoattack")
+    from sa_mdrad_jax.evaluate import robustness
+
+    class Linear(nn.Module):   # the zoo's interface: apply(variables, x, train=) -> (logits, features)
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1) - 0.5), {}
+
+    model = Linear()
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (12, 8, 8, 3)))
+    y = np.arange(12) % 10
+    kw = dict(attack_names=("clean", "fgsm", "autoattack"), eps=32 / 255, batch_size=12, curve_eps=())
+    chunk = autoattack_module._attack_chunk
+    records = []
+    for seed in (1, 2):
+        variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)), train=False)
+        sizes = (robustness._correct_after._cache_size(), chunk._cache_size())
+        records.append(robustness.evaluate_model(model, variables, x, y, **kw))
+    # the second model compiled nothing new
+    assert (robustness._correct_after._cache_size(), chunk._cache_size()) == sizes
+    assert records[0]["accuracy"] != records[1]["accuracy"] or records[0]["autoattack"] != records[1]["autoattack"]
+    # and what it computed is its own model's: same as a closure over its parameters
+    closure = jax.jit(lambda z: model.apply(variables, z, train=False)[0])
+    assert records[1]["accuracy"]["clean"] == float(np.mean(np.argmax(closure(x), -1) == y))
 
 
 def test_runners_share_a_grid_through_lock_files(tmp_path):

@@ -11,7 +11,8 @@ Shapes. The survivors are gathered on the host and cut into chunks of `batch_siz
 partial chunk is padded (by repeating its own points, whose duplicate results are dropped) up to
 the smallest of `n_buckets` sizes ⌈batch_size · k / n_buckets⌉, k = 1..n_buckets. Each attack is
 compiled once per bucket size it meets, so at most n_buckets times whatever the survivor counts
-(the jitted chunk function is cached across calls on (attack, logits_fn, ε)). Only survivors and
+(the jitted chunk function is cached across calls on (attack, ε, logits_fn's static part): pass
+a `jax.tree_util.Partial(f, variables)` and every checkpoint of one architecture shares it). Only survivors and
 copies of survivors are ever passed to an attack.
 
 Why evenly spaced buckets: the expensive stages (APGD-T, FAB-T, Square: ~900, ~900 and 5000
@@ -85,13 +86,23 @@ def _chunks(idx: np.ndarray, batch_size: int, n_buckets: int = N_BUCKETS) -> lis
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _predict(x: jax.Array, *, logits_fn: LogitsFn) -> jax.Array:
+def as_partial(logits_fn: LogitsFn) -> jax.tree_util.Partial:
+    """`logits_fn` as a pytree the compiled chunk functions take as an ordinary argument.
+
+    A `jax.tree_util.Partial(f, variables)` keeps `f` static and the variables as traced leaves, so
+    every model of one architecture (same `f`, same variable shapes) shares one compiled attack;
+    any other callable is wrapped with no leaves and is static by identity, as before.
+    """
+    return logits_fn if isinstance(logits_fn, jax.tree_util.Partial) else jax.tree_util.Partial(logits_fn)
+
+
+@jax.jit
+def _predict(x: jax.Array, logits_fn: jax.tree_util.Partial) -> jax.Array:
     return jnp.argmax(logits_fn(x), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "attack", "eps"))
-def _attack_chunk(x: jax.Array, y: jax.Array, key: jax.Array, *, logits_fn: LogitsFn, attack: Attack,
+@functools.partial(jax.jit, static_argnames=("attack", "eps"))
+def _attack_chunk(x: jax.Array, y: jax.Array, key: jax.Array, logits_fn: jax.tree_util.Partial, *, attack: Attack,
                   eps: float) -> tuple[jax.Array, jax.Array]:
     """Runs one attack on a chunk: (x_adv projected onto the ε-ball ∩ [0,1], still-correct mask)."""
     x_adv = project(attack(logits_fn, x, y, key, eps=eps), x, eps)  # guards the ball, no-op if valid
@@ -101,7 +112,7 @@ def _attack_chunk(x: jax.Array, y: jax.Array, key: jax.Array, *, logits_fn: Logi
 def _predict_all(logits_fn: LogitsFn, x: np.ndarray, batch_size: int, n_buckets: int) -> np.ndarray:
     pred = np.empty(len(x), np.int32)
     for idx, n in _chunks(np.arange(len(x)), batch_size, n_buckets):
-        pred[idx[:n]] = np.asarray(_predict(jnp.asarray(x[idx]), logits_fn=logits_fn))[:n]
+        pred[idx[:n]] = np.asarray(_predict(jnp.asarray(x[idx]), logits_fn))[:n]
     return pred
 
 
@@ -113,8 +124,8 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
     x: float32 [N,H,W,C] in [0,1]; y: int [N]. `registry` maps names to attacks with the shared
     signature attack(logits_fn, x, y, key, *, eps) -> x_adv (default: `default_registry()`).
     `batch_size=None` attacks all points in one chunk; a partial chunk is padded to one of
-    `n_buckets` sizes (module docstring). `logits_fn` must be a stable object (not a
-    fresh lambda per call) for compiled attacks to be reused across calls.
+    `n_buckets` sizes (module docstring). Compiled attacks are reused across calls when
+    `logits_fn` is a stable object or a `jax.tree_util.Partial` of a stable function (`as_partial`).
 
     report: n_points, eps, attacks, clean_accuracy, robust_accuracy_after {name: cumulative
     robust accuracy after that stage}, n_attacked {name: points the stage attacked}, seconds
@@ -124,6 +135,7 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
     unknown = [a for a in attacks if a not in registry]
     if unknown:
         raise ValueError(f"Unknown attacks {unknown}. Valid: {', '.join(registry)}.")
+    logits_fn = as_partial(logits_fn)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     n = len(x)
@@ -141,8 +153,8 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
         stage_key = jax.random.fold_in(key, stage)
         for j, (idx, n_real) in enumerate(_chunks(live, batch_size, n_buckets)):
             xa, still = _attack_chunk(jnp.asarray(x[idx]), jnp.asarray(y[idx]),
-                                      jax.random.fold_in(stage_key, j), logits_fn=logits_fn,
-                                      attack=registry[name], eps=eps)
+                                      jax.random.fold_in(stage_key, j), logits_fn, attack=registry[name],
+                                      eps=eps)
             real, xa, still = idx[:n_real], np.asarray(xa)[:n_real], np.asarray(still)[:n_real]
             broken = real[~still]
             x_adv[broken] = xa[~still]

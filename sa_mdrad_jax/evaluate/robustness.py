@@ -7,6 +7,7 @@ still classified correctly; clean-misclassified points are never robust.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -35,26 +36,50 @@ def _batched(fn, x, y, batch_size: int):
     return np.concatenate(outs)
 
 
+@functools.cache
+def _eval_apply(model):
+    """One stable `(variables, x) -> logits` per (hashable, comparable) Flax model: eval mode."""
+    def logits(variables, x):
+        return model.apply(variables, x, train=False)[0]
+    return logits
+
+
+def model_logits(model, variables) -> jax.tree_util.Partial:
+    """`x -> logits` of `model` with `variables`, as a pytree: the compiled attacks take it as an
+    argument, so every checkpoint of one architecture shares them (within a process)."""
+    return jax.tree_util.Partial(_eval_apply(model), jax.device_put(jax.device_get(variables)))
+
+
+@functools.partial(jax.jit, static_argnames=("attack", "eps"))
+def _correct_after(logits_fn, x, y, key, *, attack, eps):
+    """[B] bool: is each point still classified correctly after `attack` (None: the clean image)?"""
+    if attack is not None:
+        x = attack(logits_fn, x, y, key, eps=eps)
+    return jnp.argmax(logits_fn(x), -1) == y
+
+
 def robust_accuracy(logits_fn, attack, x, y, key, *, eps: float, batch_size: int) -> float:
-    def run(xb, yb, i):
-        x_adv = attack(logits_fn, xb, yb, jax.random.fold_in(key, i), eps=eps)
-        return jnp.argmax(logits_fn(x_adv), -1) == yb
-    return float(np.mean(_batched(run, x, y, batch_size)))
+    """Accuracy under a named-style attack(logits_fn, x, y, key, *, eps) (None: clean accuracy)."""
+    logits_fn = attacks.as_partial(logits_fn)
+    return float(np.mean(_batched(lambda xb, yb, i: _correct_after(logits_fn, xb, yb, jax.random.fold_in(key, i),
+                                                                   attack=attack, eps=float(eps)),
+                                  x, y, batch_size)))
 
 
 def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_names=DEFAULT_ATTACKS,
                    eps: float = 8 / 255, batch_size: int = 200, seed: int = 0, curve_eps=CURVE_EPS) -> dict:
-    """{'accuracy': {name: acc}, 'autoattack': report, 'curve': {eps: acc under pgd20}, 'seconds': ...}."""
-    variables = jax.device_get(variables)
-    logits_fn = jax.jit(lambda z: model.apply(variables, z, train=False)[0])
+    """{'accuracy': {name: acc}, 'autoattack': report, 'curve': {eps: acc under pgd20}, 'seconds': ...}.
+
+    Attacks are compiled once per architecture, batch size and ε in a process (`model_logits`).
+    """
+    logits_fn = model_logits(model, variables)
     key = jax.random.PRNGKey(seed)
     result = {"accuracy": {}, "seconds": {}, "eps": eps, "n_points": int(len(x)), "seed": seed}
     with jax.default_matmul_precision("highest"):
         for k, name in enumerate(attack_names):
             t0 = time.perf_counter()
             if name == "clean":
-                acc = float(np.mean(_batched(lambda xb, yb, i: jnp.argmax(logits_fn(xb), -1) == yb, x, y,
-                                             batch_size)))
+                acc = robust_accuracy(logits_fn, None, x, y, key, eps=0.0, batch_size=batch_size)
             elif name == "autoattack":
                 _, report = attacks.autoattack(logits_fn, jnp.asarray(x), jnp.asarray(y),
                                                jax.random.fold_in(key, k), eps=eps, batch_size=batch_size)
