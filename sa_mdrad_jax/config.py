@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         epochs=200,
         batch_size=128,     # global batch, split over all devices
+        num_devices=0,      # 0 = every device of every process; N > 0 = this process's first N (one process only)
         sync_bn=True,       # batch-norm statistics over the global batch
         max_steps=0,        # > 0: stop (and checkpoint) after this many steps in total
         init_from="",       # a workdir (trained or `sa-mdrad import-torch`ed) of the same model: start from its weights

@@ -9,8 +9,9 @@ Bookkeeping (docs/evaluation.md, "AutoAttack"):
 
 Shapes. The survivors are gathered on the host and cut into chunks of `batch_size`; the last,
 partial chunk is padded (by repeating its own points, whose duplicate results are dropped) up to
-the smallest of `n_buckets` sizes ⌈batch_size · k / n_buckets⌉, k = 1..n_buckets. Each attack is
-compiled once per bucket size it meets, so at most n_buckets times whatever the survivor counts
+the smallest of `n_buckets` sizes ⌈batch_size · k / n_buckets⌉, k = 1..n_buckets, or of the powers
+of two below those (`bucket_sizes`). Each attack is compiled once per bucket size it meets, so a
+bounded number of times whatever the survivor counts
 (the jitted chunk function is cached across calls on (attack, ε, logits_fn's static part): pass
 a `jax.tree_util.Partial(f, variables)` and every checkpoint of one architecture shares it). Only survivors and
 copies of survivors are ever passed to an attack.
@@ -69,10 +70,14 @@ def default_registry() -> dict[str, Attack]:
 
 
 def bucket_sizes(batch_size: int, n_buckets: int = N_BUCKETS) -> list[int]:
-    """Padded chunk sizes, ascending: ⌈batch_size · k / n_buckets⌉ for k = 1..n_buckets."""
+    """Padded chunk sizes, ascending: ⌈batch_size · k / n_buckets⌉ for k = 1..n_buckets, and the
+    powers of two below the smallest of those (a handful of survivors, as a natural model leaves
+    after APGD-CE, then runs at its own small size rather than padded to batch_size / n_buckets)."""
     if batch_size < 1 or n_buckets < 1:
         raise ValueError(f"batch_size and n_buckets must be >= 1, got {batch_size} and {n_buckets}.")
-    return sorted({max(1, math.ceil(batch_size * k / n_buckets)) for k in range(1, n_buckets + 1)})
+    even = {max(1, math.ceil(batch_size * k / n_buckets)) for k in range(1, n_buckets + 1)}
+    small = {2 ** i for i in range(max(min(even), 1).bit_length()) if 2 ** i < min(even)}
+    return sorted(even | small)
 
 
 def _chunks(idx: np.ndarray, batch_size: int, n_buckets: int = N_BUCKETS) -> list[tuple[np.ndarray, int]]:

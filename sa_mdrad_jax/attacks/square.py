@@ -101,5 +101,10 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, e
         m_best = jnp.where(accept, m_new, m_best)
         return x_best, m_best
 
-    x_best, _ = jax.lax.fori_loop(0, n_queries, body, (x_best, m_best))
+    # Stops once no point is left to fool (as the reference does): later iterations would be no-ops.
+    def more(carry):
+        i, _, m = carry
+        return (i < n_queries) & jnp.any(correct & (m > 0))
+
+    _, x_best, _ = jax.lax.while_loop(more, lambda c: (c[0] + 1, *body(c[0], c[1:])), (0, x_best, m_best))
     return jax.lax.stop_gradient(jnp.where(correct[:, None, None, None], x_best, x))

@@ -51,9 +51,21 @@ def model_config_of(config, num_classes: int) -> dict:
             "dtype": config.model.dtype, "normalize": normalize}
 
 
+def training_devices(num_devices: int) -> list:
+    """`train.num_devices`: 0 = every device of every process; N > 0 = the first N local devices."""
+    if num_devices == 0:
+        return jax.devices()
+    if num_devices < 0 or num_devices > jax.local_device_count() or jax.process_count() > 1:
+        raise config_lib.ConfigError(
+            f"train.num_devices={num_devices}: accepted are 0 (all {jax.device_count()} devices) or 1.."
+            f"{jax.local_device_count()} (this process's devices, single-process runs only; "
+            f"{jax.process_count()} processes here).")
+    return jax.local_devices()[:num_devices]
+
+
 def prepare(config: ml_collections.ConfigDict) -> Setup:
     """Loads this process's data shards onto the mesh and derives batch geometry."""
-    mesh = step_lib.make_mesh()
+    mesh = step_lib.make_mesh(training_devices(config.train.num_devices))
     n_dev = mesh.devices.size
     if config.train.batch_size % n_dev:
         raise config_lib.ConfigError(
