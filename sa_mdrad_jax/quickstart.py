@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = config_lib.base_config()
     # Digits at their native 8×8: a 1-pixel shift, and no mirror (a mirrored digit is another glyph).
     c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False)
-    c.train.update(epochs=5, batch_size=64)
+    c.train.update(epochs=4, batch_size=64)
     c.optim.update(lr=0.05, weight_decay=5e-4, schedule="cosine", boundaries=(), warmup_epochs=0.5)
     c.eval.batch_size = 360
     c.checkpoint.keep = 1
@@ -58,14 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict(dict(
         model=dict(name="resnet_tiny", width=1.0, dtype="float32", normalize="digits"),
         methods=METHODS,
-        epochs=8,
+        epochs=6,
         pgd_steps=3,
         lr=0.05,
     ))
     c.robustness = ml_collections.ConfigDict(dict(
         attacks=("clean", "fgsm", "pgd20", "autoattack"),   # autoattack: the standard version, in full
-        n_points=100,      # the first n test images (AutoAttack's cost is what limits this)
-        batch_size=100,
+        n_points=64,       # the first n test images (AutoAttack's cost is what limits this)
+        batch_size=64,
         seed=0,
     ))
     return c

@@ -198,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         ckpt.check_model(setup.model_config)
         state = ckpt.restore(abstract)
     else:
-        state = jax.jit(init_state, out_shardings=replicated)()
+        state = step_lib.run_once(init_state, out_shardings=replicated)
         if config.train.get("init_from"):
             state = _init_from(state, config.train.init_from, setup, replicated)
     if jax.process_index() == 0:
