@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from sa_mdrad_jax import data, models
+from sa_mdrad_jax import config as config_lib, data, models
 from sa_mdrad_jax.config import base_config
 from sa_mdrad_jax.evaluate.clean import clean_accuracy
 from sa_mdrad_jax.methods import natural_loss
@@ -102,6 +102,16 @@ def test_evaluation_counts_every_example_once_on_any_device_count():
     assert r1["count"] == r8["count"] == 360          # 360 is not a multiple of 64 or of 8*8
     assert r1["accuracy"] == pytest.approx(r8["accuracy"], abs=1e-6)
     assert r1["loss"] == pytest.approx(r8["loss"], rel=1e-5)
+
+
+def test_num_devices_picks_the_mesh_and_rejects_what_this_process_lacks():
+    assert jax.device_count() == 8                     # conftest simulates 8 CPU devices
+    assert loop.prepare(tiny_config()).mesh.devices.size == 8
+    setup = loop.prepare(tiny_config(**{"train.num_devices": 2}))
+    assert list(setup.mesh.devices.flat) == jax.devices()[:2] and setup.per_device_batch == 16
+    for bad in (-1, 9):
+        with pytest.raises(config_lib.ConfigError, match=f"train.num_devices={bad}: accepted are 0"):
+            loop.prepare(tiny_config(**{"train.num_devices": bad}))
 
 
 def test_piecewise_schedule_decays_at_epoch_boundaries():
