@@ -54,7 +54,7 @@ def main(argv):
     if FLAGS.seeds:
         grid["seeds"] = tuple(int(s) for s in FLAGS.seeds)
     if FLAGS.report_only:
-        grid_lib.collect(grid_lib.expand(grid), grid["results"])   # whatever runs have evaluations
+        grid_lib.collect(grid_lib.expand(grid), grid["results"], grid_lib.evaluation_dir(grid))   # whatever runs have evaluations
         print(grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                        evaluation=grid["evaluation"]))
         return

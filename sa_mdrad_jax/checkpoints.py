@@ -179,19 +179,31 @@ def save_variables(workdir: str, model_config, variables, *, image_shape, meta: 
     ckpt.close()
 
 
+def describe_mismatch(expected: dict, actual: dict, *, limit: int = 20, actual_name: str = "checkpoint",
+                      expected_name: str = "model") -> str:
+    """'' when the two {key: shape} maps agree, else 'missing keys [...]; unexpected keys [...];
+    wrong shapes k: <actual_name> a vs <expected_name> e' (at most `limit` keys of each kind)."""
+    def listing(keys):
+        keys = sorted(keys)
+        return f"{keys[:limit]}" + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    missing = set(expected) - set(actual)
+    extra = set(actual) - set(expected)
+    wrong = sorted(k for k in set(expected) & set(actual) if tuple(expected[k]) != tuple(actual[k]))
+    parts = []
+    if missing:
+        parts.append(f"missing keys {listing(missing)}")
+    if extra:
+        parts.append(f"unexpected keys {listing(extra)}")
+    if wrong:
+        parts.append("wrong shapes " + ", ".join(
+            f"{k}: {actual_name} {tuple(actual[k])} vs {expected_name} {tuple(expected[k])}" for k in wrong[:limit]))
+    return "; ".join(parts)
+
+
 def check_shapes(expected, actual, where: str) -> None:
-    """Raises CheckpointMismatchError naming the first keys whose shapes or presence differ."""
-    flat_e = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-    flat_a = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(actual)}
-    missing = sorted(set(flat_e) - set(flat_a))
-    extra = sorted(set(flat_a) - set(flat_e))
-    wrong = sorted(k for k in set(flat_e) & set(flat_a) if tuple(flat_e[k]) != tuple(flat_a[k]))
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}")
-        if extra:
-            parts.append(f"unexpected {extra[:5]}")
-        if wrong:
-            parts.append("wrong shapes " + ", ".join(f"{k}: {flat_a[k]} vs {flat_e[k]}" for k in wrong[:5]))
-        raise CheckpointMismatchError(f"Checkpoint in {where} does not match the model: {'; '.join(parts)}.")
+    """Raises CheckpointMismatchError naming the keys whose shapes or presence differ."""
+    shapes = lambda tree: {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(tree)}  # noqa: E731
+    problem = describe_mismatch(shapes(expected), shapes(actual), limit=5)
+    if problem:
+        raise CheckpointMismatchError(f"Checkpoint in {where} does not match the model: {problem}.")

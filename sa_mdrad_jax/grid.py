@@ -15,6 +15,7 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                students, in order; 'workdir' '' = `<root>/<dataset>/teachers/<name>`.
                                A student config's `teachers.<name>.workdir` is filled from here.
   evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'}
+  evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
 
 `run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
@@ -200,10 +201,10 @@ def evaluation_matches(record: dict, evaluation: dict, step: int | None) -> bool
 
 
 def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = None,
-                 log: Callable = print) -> dict:
-    """The run's evaluation record: read from `<workdir>/evaluation/evaluation.json` if it matches,
+                 log: Callable = print, eval_dir: str = EVAL_DIR) -> dict:
+    """The run's evaluation record: read from `<workdir>/<eval_dir>/evaluation.json` if it matches,
     else computed (and written there)."""
-    path = os.path.join(workdir, EVAL_DIR, "evaluation.json")
+    path = os.path.join(workdir, eval_dir, "evaluation.json")
     step = final_step(workdir)
     if os.path.exists(path):
         with open(path) as f:
@@ -216,7 +217,13 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
     log(f"evaluate: {workdir}")
     return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
                        eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
-                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, EVAL_DIR))
+                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, eval_dir))
+
+
+def evaluation_dir(grid: dict) -> str:
+    """Where in each run's workdir this grid's evaluation lives: `evaluation_dir` (default
+    'evaluation'), so two grids over the same runs with different evaluations keep both."""
+    return grid.get("evaluation_dir", EVAL_DIR)
 
 
 def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]:
@@ -232,12 +239,12 @@ def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]
     return out
 
 
-def collect(runs: list[Run], results_dir: str) -> None:
-    """Copies each run's evaluation.json and metrics.jsonl into `results_dir` (flat, by run)."""
+def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None:
+    """Copies each run's `<eval_dir>/evaluation.json` and metrics.jsonl into `results_dir` (flat, by run)."""
     for sub in ("evaluations", "metrics"):
         os.makedirs(os.path.join(results_dir, sub), exist_ok=True)
     for run in runs:
-        ev = os.path.join(run.workdir, EVAL_DIR, "evaluation.json")
+        ev = os.path.join(run.workdir, eval_dir, "evaluation.json")
         if os.path.exists(ev):
             with open(ev) as f:
                 record = json.load(f)
@@ -311,13 +318,13 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
             continue
         try:
             train_run(run.workdir, run_config(grid, run), train_fn, log)
-            evaluate_run(run.workdir, grid["evaluation"], evaluate_fn, log)
+            evaluate_run(run.workdir, grid["evaluation"], evaluate_fn, log, evaluation_dir(grid))
         finally:
             release(run.workdir)
         log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
     if report:
         from sa_mdrad_jax import grid_report
-        collect(runs, grid["results"])
+        collect(runs, grid["results"], evaluation_dir(grid))
         grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                  evaluation=grid["evaluation"])
     log(f"grid {grid['name']}: {len(runs)} runs in {time.perf_counter() - t0:.0f} s")

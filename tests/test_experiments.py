@@ -96,6 +96,31 @@ def test_evaluation_is_reused_only_when_it_matches(tmp_path):
     assert len(calls) == 5
 
 
+def test_a_second_evaluation_dir_keeps_both_evaluations(tmp_path):
+    """digits_autoattack.py evaluates the digits grid's runs again: into its own directory."""
+    workdir = str(tmp_path / "run")
+    grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 20})
+    calls = []
+
+    def fake_eval(workdir, *, out_dir, **kw):
+        calls.append(out_dir)
+        rec = _record({a: 0.5 for a in kw["attack_names"]})
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+            json.dump(rec, f)
+        return rec
+
+    other = {**EVAL, "attacks": ("clean", "autoattack")}
+    for _ in range(2):   # the second round reads both back: no new evaluation
+        grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None)
+        grid.evaluate_run(workdir, other, fake_eval, log=lambda m: None, eval_dir="evaluation_autoattack")
+    assert calls == [os.path.join(workdir, "evaluation"), os.path.join(workdir, "evaluation_autoattack")]
+    run = grid.Run("digits", "resnet_tiny", "pgd_at", 0, workdir)
+    grid.collect([run], str(tmp_path / "results"), "evaluation_autoattack")
+    with open(tmp_path / "results" / "evaluations" / f"{run.file_stem}.json") as f:
+        assert list(json.load(f)["accuracy"]) == ["clean", "autoattack"]
+
+
 def _write_results(results, accs_by_method: dict, with_metrics=True):
     os.makedirs(os.path.join(results, "evaluations"))
     os.makedirs(os.path.join(results, "metrics"))

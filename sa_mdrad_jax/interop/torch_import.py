@@ -142,12 +142,6 @@ def _describe(model) -> str:
     return f"{name} (width {model.width}, {model.num_classes} classes)"
 
 
-def _listing(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{keys[:limit]}{more}"
-
-
 def variables_from_state_dict(model, state_dict: Mapping[str, np.ndarray],
                               image_shape: tuple[int, ...] = (32, 32, 3)) -> dict:
     """{'params', 'batch_stats'} of `model` (float32 host arrays) from a PyTorch state dict.
@@ -163,22 +157,14 @@ def variables_from_state_dict(model, state_dict: Mapping[str, np.ndarray],
     given = {k: v for k, v in state_dict.items()
              if not k.startswith(skip)
              and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in bn_modules)}
-    missing = set(by_key) - set(given)
-    extra = set(given) - set(by_key)
     wrong = {k: (tuple(np.shape(given[k])), by_key[k].torch_shape) for k in set(by_key) & set(given)
              if tuple(np.shape(given[k])) != by_key[k].torch_shape}
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_listing(missing)}")
-        if extra:
-            parts.append(f"unexpected keys {_listing(extra)}")
-        if wrong:
-            parts.append("wrong shapes " + ", ".join(
-                f"{k}: file {f} vs model {m}" for k, (f, m) in sorted(wrong.items())[:20]))
+    problem = checkpoints.describe_mismatch({k: e.torch_shape for k, e in by_key.items()},
+                                            {k: np.shape(v) for k, v in given.items()}, actual_name="file")
+    if problem:
         hint = _class_count_hint(entries, wrong, model.num_classes)
         raise TorchMismatchError(
-            f"The state dict does not fit {_describe(model)}: {'; '.join(parts)}.{hint} Check the "
+            f"The state dict does not fit {_describe(model)}: {problem}.{hint} Check the "
             "model name, width and num_classes. Nothing was written.")
     flat = {}
     for e in entries:
