@@ -99,6 +99,7 @@ def test_evaluation_is_reused_only_when_it_matches(tmp_path):
 def test_a_second_evaluation_dir_keeps_both_evaluations(tmp_path):
     """digits_autoattack.py evaluates the digits grid's runs again: into its own directory."""
     workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
     grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 20})
     calls = []
 
