@@ -179,10 +179,13 @@ def save_variables(workdir: str, model_config, variables, *, image_shape, meta: 
     ckpt.close()
 
 
-def describe_mismatch(expected: dict, actual: dict, *, limit: int = 20, actual_name: str = "checkpoint",
-                      expected_name: str = "model") -> str:
+def describe_mismatch(expected: dict, actual: dict, *, limit: int = 20, actual_name: str = "",
+                      expected_name: str = "") -> str:
     """'' when the two {key: shape} maps agree, else 'missing keys [...]; unexpected keys [...];
-    wrong shapes k: <actual_name> a vs <expected_name> e' (at most `limit` keys of each kind)."""
+    wrong shapes k: [actual_name] a vs [expected_name] e' (at most `limit` keys of each kind)."""
+    def label(name, shape):
+        return f"{name} {tuple(shape)}" if name else f"{tuple(shape)}"
+
     def listing(keys):
         keys = sorted(keys)
         return f"{keys[:limit]}" + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
@@ -197,7 +200,7 @@ def describe_mismatch(expected: dict, actual: dict, *, limit: int = 20, actual_n
         parts.append(f"unexpected keys {listing(extra)}")
     if wrong:
         parts.append("wrong shapes " + ", ".join(
-            f"{k}: {actual_name} {tuple(actual[k])} vs {expected_name} {tuple(expected[k])}" for k in wrong[:limit]))
+            f"{k}: {label(actual_name, actual[k])} vs {label(expected_name, expected[k])}" for k in wrong[:limit]))
     return "; ".join(parts)
 
 

@@ -160,7 +160,8 @@ def variables_from_state_dict(model, state_dict: Mapping[str, np.ndarray],
     wrong = {k: (tuple(np.shape(given[k])), by_key[k].torch_shape) for k in set(by_key) & set(given)
              if tuple(np.shape(given[k])) != by_key[k].torch_shape}
     problem = checkpoints.describe_mismatch({k: e.torch_shape for k, e in by_key.items()},
-                                            {k: np.shape(v) for k, v in given.items()}, actual_name="file")
+                                            {k: np.shape(v) for k, v in given.items()}, actual_name="file",
+                                            expected_name="model")
     if problem:
         hint = _class_count_hint(entries, wrong, model.num_classes)
         raise TorchMismatchError(
