@@ -7,7 +7,7 @@
   (`:pgd_at` selects the PGD-AT baseline, which ignores the teachers.)
 
 Built by `quickstart.student_config`, so it is exactly the config the quickstart trains its students
-with (8×8 digits, resnet_tiny student, ε = 32/255, PGD-5).
+with (8×8 digits, resnet_tiny student, ε = 32/255, PGD-3, 6 epochs).
 """
 from sa_mdrad_jax import quickstart
 
