@@ -66,7 +66,7 @@ def main(argv):
     first = {**runs[0]["seconds"], "total": runs[0]["total_seconds"]}
     n = len(x)
     result = {
-        "model": model_cfg, "checkpoint": os.path.abspath(FLAGS.workdir), "method": meta.get("method"),
+        "model": model_cfg, "checkpoint": os.path.relpath(FLAGS.workdir), "method": meta.get("method"),
         "dataset": meta["dataset"], "image_size": size, "eps": eps, "n_points": n,
         "batch": FLAGS.batch or n, "reps": FLAGS.reps,
         "clean_accuracy": runs[0]["clean_accuracy"], "robust_accuracy": runs[0]["robust_accuracy"],

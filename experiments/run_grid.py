@@ -3,7 +3,7 @@
   python experiments/run_grid.py --grid=experiments/grids/digits.py
   python experiments/run_grid.py --grid=experiments/grids/cifar10_resnet18.py --root=/data/runs
   python experiments/run_grid.py --grid=experiments/grids/digits.py --methods=pgd_at,sa_mdrad --seeds=0 \\
-      --results=/tmp/mini                     # a sub-grid
+      --results=runs/mini                     # a sub-grid
   python experiments/run_grid.py --grid=experiments/grids/digits.py --report_only   # re-make tables/plots
 
 Re-running the same command skips finished runs and evaluations and resumes unfinished runs from
@@ -12,7 +12,6 @@ See sa_mdrad_jax/grid.py for the grid file's fields.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time

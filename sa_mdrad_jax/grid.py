@@ -26,11 +26,9 @@ then copies the evaluation JSONs and metrics into `results` and writes the table
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import json
 import os
-import platform
 import time
 from typing import Callable
 

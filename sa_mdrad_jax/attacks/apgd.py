@@ -32,7 +32,6 @@ broken).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import jax

@@ -157,12 +157,12 @@ def variables_from_state_dict(model, state_dict: Mapping[str, np.ndarray],
     given = {k: v for k, v in state_dict.items()
              if not k.startswith(skip)
              and not (k.endswith(".num_batches_tracked") and k.rsplit(".", 1)[0] in bn_modules)}
-    wrong = {k: (tuple(np.shape(given[k])), by_key[k].torch_shape) for k in set(by_key) & set(given)
-             if tuple(np.shape(given[k])) != by_key[k].torch_shape}
     problem = checkpoints.describe_mismatch({k: e.torch_shape for k, e in by_key.items()},
                                             {k: np.shape(v) for k, v in given.items()}, actual_name="file",
                                             expected_name="model")
     if problem:
+        wrong = {k: (tuple(np.shape(given[k])), by_key[k].torch_shape) for k in set(by_key) & set(given)
+                 if tuple(np.shape(given[k])) != by_key[k].torch_shape}
         hint = _class_count_hint(entries, wrong, model.num_classes)
         raise TorchMismatchError(
             f"The state dict does not fit {_describe(model)}: {problem}.{hint} Check the "
