@@ -113,13 +113,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require_choice(config.eval.robust_attack, sorted(attacks.NAMED), "robust evaluation attack")
         if config.eval.robust_every_epochs <= 0:
             raise ConfigError(f"eval.robust_every_epochs must be positive, got {config.eval.robust_every_epochs}.")
-    if config.checkpoint.best_metric.startswith("test_robust") and (
+    _validate_selection(config)
+    if config.checkpoint.best_metric.startswith("val_robust") and (
             config.eval.robust_points <= 0 or config.checkpoint.every_epochs % config.eval.robust_every_epochs):
         raise ConfigError(f"checkpoint.best_metric={config.checkpoint.best_metric!r} needs eval.robust_points > 0 "
                           "and eval.robust_every_epochs dividing checkpoint.every_epochs (every checkpoint "
                           "must carry the metric).")
     if config.checkpoint.best_mode not in ("max", "min"):
         raise ConfigError(f"checkpoint.best_mode must be 'max' or 'min', got {config.checkpoint.best_mode!r}.")
+
+
+SELECTION_METRICS = ("val_accuracy", "val_robust_accuracy", "val_loss")
+
+
+def _validate_selection(config: ml_collections.ConfigDict) -> None:
+    """Checkpoint selection reads the validation split only (never the test split)."""
+    size = config.dataset.get("validation_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(f"dataset.validation_size must be an int >= 0 (0 = no validation split), got {size!r}.")
+    metric = config.checkpoint.best_metric
+    if not metric:
+        return
+    if metric not in SELECTION_METRICS:
+        hint = (" Selecting a checkpoint on the test split would make its test numbers optimistic: hold out a "
+                "validation split (dataset.validation_size) and select on it." if metric.startswith("test_") else "")
+        raise ConfigError(f"checkpoint.best_metric={metric!r} is not accepted; accepted are '' (latest only) or "
+                          f"{', '.join(SELECTION_METRICS)}.{hint}")
+    if size == 0:
+        raise ConfigError(f"checkpoint.best_metric={metric!r} needs a validation split: set dataset.validation_size "
+                          "> 0 (e.g. 1000 on CIFAR) or checkpoint.best_metric=''.")
 
 
 def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -141,6 +163,8 @@ def base_config() -> ml_collections.ConfigDict:
         name="cifar10",
         data_dir="",        # '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         image_size=0,       # 0 = the dataset's native size; digits are resized to this
+        validation_size=0,  # > 0: hold out this many training examples (stratified, fixed seed) as the
+                            # 'validation' split: per-epoch evaluation and checkpoint selection use it
         augment=True,       # random crop after zero padding (+ flip), inside the jitted step
         crop_pad=4,         # zero padding before the random crop
         flip=True,          # random horizontal flip (off for digits: a mirrored digit is another glyph)
@@ -165,13 +189,16 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=500,
-        robust_points=0,          # > 0: each robust evaluation attacks about this many held-out test points
+        robust_points=0,          # > 0: each per-epoch robust evaluation attacks about this many points of the
+                                  # evaluation split (validation if dataset.validation_size > 0, else test)
         robust_attack="pgd20",    # a named attack of evaluation.md (sa_mdrad_jax.attacks.NAMED)
         robust_eps=0.0,           # 0 = the method's training ε (8/255 for natural training)
         robust_every_epochs=1,
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(
-        keep=3, every_epochs=1, best_metric="test_accuracy", best_mode="max", async_save=True,
+        # best_metric: '' = keep the last `keep` only; 'val_accuracy' / 'val_robust_accuracy' also keeps the best
+        # by that validation metric (needs dataset.validation_size > 0; the test split is never used to select).
+        keep=3, every_epochs=1, best_metric="", best_mode="max", async_save=True,
     ))
     c.log = ml_collections.ConfigDict(dict(every_steps=50, progress=True, tensorboard=True))
     c.distributed = ml_collections.ConfigDict(dict(
@@ -204,7 +231,8 @@ def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
         # Madry et al.: CE on x', uniform start.
         "pgd_at": dict(attack_init="uniform"),
         # TRADES: CE(S(x)) + beta·KL_bm(σS(x) ‖ σS(x')); attack on the KL, 0.001·N start.
-        "trades": dict(attack_init="normal", beta=6.0),
+        # bn_forwards: 2 = S(x) shared by CE and KL; 3 = the reference's S(x), S(x'), S(x) BN-update order.
+        "trades": dict(attack_init="normal", beta=6.0, bn_forwards=2),
         # ARD: α τ² kl_scale KL(σ_τT(x) ‖ σ_τS(x')) + (1−α) CE(S(x)); attack BN in train mode.
         "ard": dict(attack_init="uniform", attack_bn="train", alpha=1.0, tau=30.0, kl_scale=0.1),
         # IAD-I: ARD + (epoch ≥ start_epoch) introspection weighted by 1 − p_T(x')_y^beta.

@@ -47,7 +47,8 @@ def test_sa_mdrad_config_builds_the_paper_setup(arg):
     assert (c.method.eps, c.method.step_size, c.method.steps) == (8 / 255, 2 / 255, 10)
     assert c.train.epochs == (200 if dataset == "tiny_imagenet" else 300)
     assert tuple(c.optim.boundaries) == ((100, 150) if dataset == "tiny_imagenet" else (215, 260, 285))
-    assert c.checkpoint.best_metric == "test_robust_accuracy" and c.eval.robust_points > 0
+    assert c.checkpoint.best_metric == "val_robust_accuracy" and c.eval.robust_points > 0
+    assert c.dataset.validation_size == 1000   # selection on a held-out part of the training split
 
 
 def test_unknown_dataset_or_student_is_refused_with_the_choices():

@@ -51,3 +51,17 @@ def test_igdm_adaad_recipe_ramps_over_200_epochs():
     config = paper_config("igdm", "cifar100,resnet18")
     igdm = config.method.igdm
     assert (igdm.alpha, igdm.beta, igdm.gamma, igdm.e_ref, config.train.epochs) == (20.0, 1.0, 1.0, 200.0, 200)
+
+
+def test_igdm_recipes_follow_the_igdm_scripts_not_the_base_methods():
+    """Weight decay 2e-4 and RSLAD+IGDM's 210/258/285 decays (IGDM scripts); AdaAD+IGDM batchmean on CIFAR-10."""
+    adaad, adaad_igdm = paper_config("adaad", "cifar10,resnet18"), paper_config("igdm", "cifar10,resnet18")
+    assert adaad.optim.weight_decay == 5e-4 and adaad_igdm.optim.weight_decay == 2e-4
+    assert adaad.method.kl_scale == pytest.approx(0.1) and adaad_igdm.method.kl_scale == 1.0
+    rslad, rslad_igdm = paper_config("rslad", "cifar100,resnet18"), paper_config("igdm", "cifar100,resnet18,rslad")
+    assert tuple(rslad.optim.boundaries) == (215, 260, 285)
+    assert tuple(rslad_igdm.optim.boundaries) == (210, 258, 285) and rslad_igdm.optim.weight_decay == 2e-4
+
+
+def test_trades_recipe_uses_the_reference_bn_order():
+    assert paper_config("trades", "cifar10,resnet18").method.bn_forwards == 3

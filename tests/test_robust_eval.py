@@ -1,4 +1,4 @@
-"""Periodic robust evaluation inside the training loop (pgd20 on a held-out test subset)."""
+"""Periodic robust evaluation inside the training loop (pgd20 on a subset of the validation split)."""
 from __future__ import annotations
 
 import jax
@@ -13,7 +13,7 @@ from util import tiny_config
 def _robust(setup, variables, *, eps, n_points, key):
     model = models.get_model(**{**setup.model_config, "dtype": "float32"})
     robust_on = _compiled(model, setup)
-    return step_lib.robust_evaluate_split(robust_on, variables, setup.test_split, setup.eval_per_device_batch,
+    return step_lib.robust_evaluate_split(robust_on, variables, setup.eval_split, setup.eval_per_device_batch,
                                           n_points, key, eps)
 
 
@@ -31,8 +31,8 @@ def _compiled(model, setup):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("robust"))
-    config = tiny_config(**{"train.epochs": 1, "eval.batch_size": 64,
-                             "eval.robust_points": 100})
+    config = tiny_config(**{"train.epochs": 1, "eval.batch_size": 64, "dataset.validation_size": 287,
+                             "eval.robust_points": 100, "checkpoint.best_metric": "val_robust_accuracy"})
     loop.train(config, workdir)
     return config, workdir
 
@@ -42,14 +42,17 @@ def test_loop_records_the_robust_accuracy_of_the_saved_model(trained):
     evals = writers.read_metrics(workdir, "eval")
     assert len(evals) == 1
     record = evals[0]
-    # 100 points requested, batches of 64 over 8 devices: two whole batches (128 points) are attacked.
-    assert record["test_robust_count"] == 128
+    # 100 points requested, batches of 64 over 8 devices: the first two batches are attacked, i.e. the first
+    # 16 of each device's 40 rows (287 validation points padded to 8×40); the last device holds rows
+    # 280-319 of which 7 are real, so 7×16 + 7 = 119 points.
+    assert record["val_robust_count"] == 119
+    assert not [k for k in record if k.startswith("test_")]   # the epoch is judged on validation only
     # Recomputed from the checkpoint with the loop's key, the number is the same.
     setup = loop.prepare(config)
     variables = jax.device_get(checkpoints.load_variables(workdir)[1])
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), 0)
     again = _robust(setup, variables, eps=8 / 255, n_points=100, key=key)
-    assert again["robust_accuracy"] == pytest.approx(record["test_robust_accuracy"], abs=1e-9)
+    assert again["robust_accuracy"] == pytest.approx(record["val_robust_accuracy"], abs=1e-9)
 
 
 def test_robust_accuracy_is_clean_accuracy_at_zero_eps_and_falls_with_eps(trained):
@@ -59,20 +62,21 @@ def test_robust_accuracy_is_clean_accuracy_at_zero_eps_and_falls_with_eps(traine
     key = jax.random.PRNGKey(0)
     at = {eps: _robust(setup, variables, eps=eps, n_points=128, key=key)["robust_accuracy"]
           for eps in (0.0, 8 / 255, 0.3)}
-    # Clean accuracy of the same 128 points (the first two evaluation batches of every device).
+    # Clean accuracy of the same points (the first two evaluation batches of every device, padding excluded).
     model = models.get_model(**{**setup.model_config, "dtype": "float32"})
-    per = setup.test_split.per_device
-    images = np.asarray(jax.device_get(setup.test_split.images)).reshape(8, per, *setup.image_shape)[:, :16]
-    labels = np.asarray(jax.device_get(setup.test_split.labels)).reshape(8, per)[:, :16]
+    per = setup.eval_split.per_device
+    images = np.asarray(jax.device_get(setup.eval_split.images)).reshape(8, per, *setup.image_shape)[:, :16]
+    labels = np.asarray(jax.device_get(setup.eval_split.labels)).reshape(8, per)[:, :16]
     logits, _ = model.apply(variables, images.reshape(-1, *setup.image_shape).astype(np.float32) / 255, train=False)
-    clean = float(np.mean(np.argmax(logits, -1) == labels.reshape(-1)))
+    real = np.asarray(jax.device_get(setup.eval_split.mask)).reshape(8, per)[:, :16].reshape(-1)   # not padding
+    clean = float(np.mean((np.argmax(logits, -1) == labels.reshape(-1))[real]))
     assert at[0.0] == pytest.approx(clean, abs=1e-9)
     assert at[8 / 255] < at[0.0]
     assert at[0.3] < at[8 / 255]
 
 
 def test_best_robust_checkpoint_needs_the_robust_metric_on_every_checkpoint():
-    config = tiny_config(**{"checkpoint.best_metric": "test_robust_accuracy"})
+    config = tiny_config(**{"checkpoint.best_metric": "val_robust_accuracy", "dataset.validation_size": 100})
     with pytest.raises(config_lib.ConfigError, match="eval.robust_points > 0"):
         config_lib.validate(config)
     config = tiny_config(**{"eval.robust_attack": "pgd7"})

@@ -5,6 +5,12 @@
 gets the contiguous example range ``[p*N//P, (p+1)*N//P)`` of the split and
 reads only that range.
 
+Every dataset also has a ``validation`` split when ``validation_size > 0``: that many
+examples carved from the training split, stratified by class, with a fixed seed
+(:data:`VALIDATION_SEED`), so the same examples are held out on every machine, for every
+process count and every run; ``train`` is then the rest. The test split is never touched
+by it (see :func:`validation_indices`).
+
 * ``digits``: scikit-learn's bundled 8x8 digits, upscaled bilinearly; fixed
   stratified 80/20 split (1437/360). Needs no network and no preparation.
 * ``cifar10``/``cifar100``/``tiny_imagenet``: read with ``tfds.data_source``
@@ -32,6 +38,8 @@ __all__ = [
     "load_split",
     "prepare",
     "default_data_dir",
+    "validation_indices",
+    "VALIDATION_SEED",
 ]
 
 
@@ -62,6 +70,8 @@ _PREPARE_NEEDS_TF = frozenset({"cifar10", "cifar100"})
 PREPARE_EXTRA_HINT = 'pip install "sa_mdrad_jax[prepare]"'
 
 _READ_CHUNK = 1024
+VALIDATION_SEED = 0   # fixed: the validation split must not change between runs or machines
+SPLITS = ("train", "validation", "test")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -103,9 +113,34 @@ def _shard_range(n: int, process_index: int, process_count: int) -> tuple[int, i
     return process_index * n // process_count, (process_index + 1) * n // process_count
 
 
-def _check_split(info: DatasetInfo, split: str) -> None:
-    if split not in info.splits:
-        raise ValueError(f"Unknown split {split!r} for dataset {info.name!r}; valid splits: {list(info.splits)}")
+def _check_split(info: DatasetInfo, split: str, validation_size: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r} for dataset {info.name!r}; valid splits: {list(SPLITS)} "
+                         "('validation' needs validation_size > 0).")
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) or validation_size < 0:
+        raise ValueError(f"validation_size must be an int >= 0 (0 = no validation split), got {validation_size!r}.")
+    if split == "validation" and validation_size == 0:
+        raise ValueError(f"Dataset {info.name!r} has no 'validation' split with validation_size=0: set "
+                         "dataset.validation_size to the number of training examples to hold out.")
+
+
+def validation_indices(labels: np.ndarray, validation_size: int,
+                       seed: int = VALIDATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices into a training split with these `labels`.
+
+    Stratified (each class keeps its share in both parts, to within one example), disjoint,
+    together exactly all rows, each sorted, and a pure function of (labels, size, seed).
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    n, n_classes = len(labels), len(np.unique(labels))
+    if not n_classes <= validation_size <= n - n_classes:
+        raise ValueError(f"validation_size={validation_size} cannot be carved from a training split of {n} examples "
+                         f"with {n_classes} classes: accepted are {n_classes}..{n - n_classes} (at least one example "
+                         "of every class on each side).")
+    train, val = train_test_split(np.arange(n), test_size=int(validation_size), stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
 
 
 def prepare_command(name: str, data_dir: str) -> str:
@@ -192,15 +227,15 @@ def _as_rgb(image: Any, size: int) -> np.ndarray:
     return image
 
 
-def _read_range(source, start: int, stop: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    n = stop - start
+def _read_rows(source, rows: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(rows)
     images = np.empty((n, image_size, image_size, 3), np.uint8)
     labels = np.empty((n,), np.int32)
     get = _batch_getter(source)
 
     def read_chunk(lo: int) -> None:
         hi = min(lo + _READ_CHUNK, n)
-        records = get(list(range(start + lo, start + hi)))
+        records = get([int(r) for r in rows[lo:hi]])
         if len(records) != hi - lo:
             raise IndexError(f"asked for {hi - lo} records, got {len(records)}")
         for i, rec in enumerate(records):
@@ -220,6 +255,47 @@ def _read_range(source, start: int, stop: int, image_size: int) -> tuple[np.ndar
     return images, labels
 
 
+class _ArrayRows:
+    """A split held in memory: (uint8 [N,H,W,3] images, int32 [N] labels)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self._labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._labels)
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[rows].copy(), np.asarray(self._labels[rows], np.int32).copy()
+
+
+class _SourceRows:
+    """A split in a TFDS data source, read by row on demand."""
+
+    def __init__(self, source, image_size: int):
+        self.source, self.image_size = source, image_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def labels(self) -> np.ndarray:   # decodes the split once: only needed to carve a validation split
+        return self.read(np.arange(len(self)))[1]
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _read_rows(self.source, rows, self.image_size)
+
+
+def _split_rows(name: str, split: str, info: DatasetInfo, data_dir: str | None):
+    """The rows of a stored split ('train' or 'test') of dataset `name`."""
+    if name == "digits":
+        from sa_mdrad_jax.data import digits
+
+        return _ArrayRows(*digits._splits(info.image_size)[split])
+    return _SourceRows(_open_tfds_source(name, split, _resolve_data_dir(data_dir)), info.image_size)
+
+
 def load_split(
     name: str,
     split: str,
@@ -228,26 +304,27 @@ def load_split(
     image_size: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    validation_size: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """This process's contiguous shard of a split: (uint8 [n,H,W,3] images, int32 [n] labels).
 
     Process ``p`` of ``P`` gets examples ``[p*N//P, (p+1)*N//P)`` of the ``N``-example split
-    and reads only those from storage. ``split`` is 'train' or 'test' ('test' is TFDS
-    'validation' for Tiny-ImageNet). ``data_dir=None`` means TFDS's default data dir.
+    and reads only those from storage. ``split`` is 'train', 'validation' or 'test' ('test' is
+    TFDS 'validation' for Tiny-ImageNet). With ``validation_size > 0``, 'validation' is that many
+    training examples (:func:`validation_indices`) and 'train' the rest; 'test' never changes.
+    ``data_dir=None`` means TFDS's default data dir.
     """
     info = dataset_info(name, image_size)
-    _check_split(info, split)
+    _check_split(info, split, validation_size)
     _shard_range(1, process_index, process_count)  # validate early
-    if name == "digits":
-        from sa_mdrad_jax.data import digits
-
-        _, all_labels = digits._splits(info.image_size)[split]
-        start, stop = _shard_range(len(all_labels), process_index, process_count)
-        return digits.load(split, info.image_size, start, stop)
-
-    source = _open_tfds_source(name, split, _resolve_data_dir(data_dir))
-    start, stop = _shard_range(len(source), process_index, process_count)
-    return _read_range(source, start, stop, info.image_size)
+    rows = _split_rows(name, "test" if split == "test" else "train", info, data_dir)
+    if split == "test" or validation_size == 0:
+        index = np.arange(len(rows))
+    else:
+        train, val = validation_indices(rows.labels(), validation_size)
+        index = val if split == "validation" else train
+    start, stop = _shard_range(len(index), process_index, process_count)
+    return rows.read(index[start:stop])
 
 
 def _missing_prepare_modules(name: str) -> list[str]:

@@ -47,10 +47,3 @@ def _splits(image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         split_labels.setflags(write=False)
         out[split] = (images, split_labels)
     return out
-
-
-def load(split: str, image_size: int, start: int | None = None, stop: int | None = None):
-    """Rows [start, stop) of the split (uint8 [n, s, s, 3], int32 [n]); fresh writable copies."""
-    images, labels = _splits(image_size)[split]
-    return images[start:stop].copy(), labels[start:stop].copy()
-

@@ -87,10 +87,21 @@ def _cifar(method: str, dataset: str, student: str, base: str | None) -> ml_coll
         robust = next(iter(c.teachers.keys()))
         c.teachers.wrn34_10_natural = teacher_entry("wrn34_10", "", normalize=dataset)
         m.update(robust_teacher=robust, natural_teacher="wrn34_10_natural")
+    if recipe == "trades":
+        m.bn_forwards = 3                                # train_trades_cifar10.py: S(x), S(x'), S(x) in train mode
     if method == "igdm":
         m.igdm.enabled = True                            # α = 20, β = γ = 1, E_ref = 200 (the reference)
+        # The IGDM authors' scripts, read side by side with the base methods' (IGDM repository):
+        # weight decay 2e-4 for every base (AdaAD's own code uses 5e-4) ...
+        c.optim.weight_decay = 2e-4
         if recipe == "rslad":
             m.igdm.e_ref = 300.0                         # rslad_IGDM_cifar100.py l. 124: epoch/300 (its 300-epoch run)
+            c.optim.boundaries = (210, 258, 285)         # ... and RSLAD+IGDM decays after 210/258/285 (RSLAD: 215/260/285)
+        if recipe == "adaad":
+            # ... and batchmean for both the AdaAD KL and the IGDM term on CIFAR-10 as on CIFAR-100
+            # (AdaAD's own CIFAR-10 code uses 'mean', i.e. ×1/10): AdaAD+IGDM follows the IGDM code,
+            # plain AdaAD its own (docs/parity.md).
+            m.kl_scale = 1.0
     return c
 
 

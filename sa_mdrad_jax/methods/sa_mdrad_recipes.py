@@ -40,8 +40,9 @@ def sa_mdrad_config(arg: str = "cifar10,resnet18") -> ml_collections.ConfigDict:
     else:
         c.train.epochs = 300
         c.optim.update(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", boundaries=(215, 260, 285))
+    c.dataset.validation_size = 1000   # held out of the training split: the best checkpoint is chosen on it
     c.eval.robust_points = 1000
-    c.checkpoint.best_metric = "test_robust_accuracy"
+    c.checkpoint.best_metric = "val_robust_accuracy"
     for t in TEACHERS:
         c.teachers[t] = teacher_entry(t, f"runs/{dataset}/teachers/{t}", normalize=dataset)
     return c

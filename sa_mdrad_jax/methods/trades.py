@@ -5,6 +5,12 @@
 
 The gradient of the outer KL flows through both the clean and the adversarial branch (the
 reference code does not detach S(x)).
+
+BN statistics: the reference step calls the student three times in train mode — S(x) for the
+CE, then S(x') and S(x) again inside the KL — so the running statistics take three momentum
+updates per step (x, x', x). `bn_forwards=3` reproduces that order (the third forward is a view
+'nat_again' of x: same logits, same gradient, one more statistics update); `bn_forwards=2` (the
+default) runs S(x) once and shares it between the CE and the KL.
 """
 from __future__ import annotations
 
@@ -28,14 +34,21 @@ def trades_inner(ctx: AttackContext) -> jax.Array:
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     beta = config.beta
+    bn_forwards = config.get("bn_forwards", 2)
+    if bn_forwards not in (2, 3):
+        raise ValueError(f"trades bn_forwards must be 2 (S(x) shared by CE and KL) or 3 (the reference's "
+                         f"S(x), S(x'), S(x) order), got {bn_forwards!r}.")
+    kl_view = "nat_again" if bn_forwards == 3 else "nat"
 
     def outer(out: Outputs):
         ce = jnp.mean(losses.ce(out.s_nat, out.y))
-        kl = trades_kl(out.s_nat, out.s_adv)
+        kl = trades_kl(out.s[kl_view], out.s_adv)
         return ce + beta * kl, {"ce_nat": ce, "trades_kl": kl}
 
+    views = ("nat", "adv", "nat_again") if bn_forwards == 3 else ("nat", "adv")
+    inputs = (lambda x, x_adv: {"nat_again": x}) if bn_forwards == 3 else None
     return Method(name="trades", outer_loss=outer, inner_loss=trades_inner, inner_refs=("s_nat",),
-                  attack_init=config.attack_init, attack_bn="eval", student_views=("nat", "adv"))
+                  attack_init=config.attack_init, attack_bn="eval", student_views=views, inputs=inputs)
 
 
 @register_term("trades_kl")

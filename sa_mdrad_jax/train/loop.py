@@ -24,6 +24,9 @@ from sa_mdrad_jax.train import distill_step, input as input_lib, schedules, step
 from sa_mdrad_jax.train.state import TrainState, create_train_state
 
 
+SPLIT_NAMES = {"val": "validation", "test": "test"}
+
+
 class NonFiniteLossError(FloatingPointError):
     pass
 
@@ -34,6 +37,8 @@ class Setup:
     mesh: jax.sharding.Mesh
     info: data.DatasetInfo
     train_split: input_lib.DeviceSplit
+    eval_split: input_lib.DeviceSplit   # per-epoch evaluation and selection: 'validation' if there is one, else 'test'
+    eval_name: str                      # its metric prefix: 'val' or 'test'
     test_split: input_lib.DeviceSplit
     per_device_batch: int
     eval_per_device_batch: int
@@ -74,26 +79,24 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     info = data.dataset_info(ds.name, ds.image_size or None)
     load = functools.partial(data.load_split, ds.name, data_dir=ds.data_dir or None,
                              image_size=ds.image_size or None, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+                             process_count=jax.process_count(), validation_size=ds.validation_size)
     per_device_batch = config.train.batch_size // n_dev
     eval_per_device_batch = max(1, -(-config.eval.batch_size // n_dev))
     train_split = input_lib.put_split(mesh, *load("train"), drop_remainder=True)
-    test_split = input_lib.put_split(mesh, *load("test"), drop_remainder=False,
-                                     multiple_of=eval_per_device_batch)
+    put_eval = functools.partial(input_lib.put_split, mesh, drop_remainder=False, multiple_of=eval_per_device_batch)
+    test_split = put_eval(*load("test"))
+    if ds.validation_size > 0:
+        eval_split, eval_name = put_eval(*load("validation")), "val"
+    else:
+        eval_split, eval_name = test_split, "test"
     steps_per_epoch = train_split.per_device // per_device_batch
     if steps_per_epoch == 0:
         raise config_lib.ConfigError(
             f"train.batch_size={config.train.batch_size} is larger than the training split "
             f"({train_split.per_device * n_dev} examples on {n_dev} devices).")
     image_shape = (info.image_size, info.image_size, 3)
-    return Setup(mesh, info, train_split, test_split, per_device_batch, eval_per_device_batch,
+    return Setup(mesh, info, train_split, eval_split, eval_name, test_split, per_device_batch, eval_per_device_batch,
                  steps_per_epoch, model_config_of(config, info.num_classes), image_shape)
-
-
-def final_feature_shape(model, image_shape) -> tuple:
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], x)
-    return tuple(out[1]["final"].shape)
 
 
 def _initial_state(model, tx, image_shape, seed, connectors=(), method=None):
@@ -158,7 +161,13 @@ class _Preemption:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = False) -> dict:
-    """Natural training of `config.model` on `config.dataset`; returns the final test metrics."""
+    """Trains `config.model` on `config.dataset`; returns the last epoch's evaluation metrics.
+
+    Every epoch is evaluated on the validation split when `dataset.validation_size > 0` (metrics
+    `val_*`, the only ones checkpoint selection may use) and on the test split otherwise
+    (`test_*`, for monitoring). With a validation split the test split is read once, at the end:
+    the returned `test_accuracy` is the final model's clean test accuracy.
+    """
     distributed.maybe_initialize(config.distributed)
     config_lib.validate(config)
     setup = prepare(config)
@@ -227,6 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     progress = writers.Progress(total_steps, step, desc=f"{config.model.name}",
                                 enabled=config.log.progress and not quiet)
     test_metrics = {}
+    prefix = setup.eval_name
     log_every = max(1, config.log.every_steps)
     with _Preemption() as preemption:
         for epoch in range(step // setup.steps_per_epoch, -(-total_steps // setup.steps_per_epoch)):
@@ -252,26 +262,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                     ckpt.wait()
                     progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume.")
                     raise SystemExit(143)
-            test_metrics = {f"test_{k}": v for k, v in
-                            step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
+            test_metrics = {f"{prefix}_{k}": v for k, v in
+                            step_lib.evaluate_split(eval_on, state.variables, setup.eval_split,
                                      setup.eval_per_device_batch).items() if k != "count"}
             test_metrics["epoch"] = epoch + 1
             if robust_eval is not None and ((epoch + 1) % config.eval.robust_every_epochs == 0
                                             or step == total_steps):
-                test_metrics.update({f"test_{k}": v for k, v in robust_eval(state.variables, epoch).items()})
-            writer.write(step, "eval", test_metrics)
-            robust_note = (f", {config.eval.robust_attack} accuracy {test_metrics['test_robust_accuracy']:.4f}"
-                           if "test_robust_accuracy" in test_metrics else "")
-            progress.write(f"epoch {epoch + 1}/{epochs}: test accuracy {test_metrics['test_accuracy']:.4f}{robust_note}")
+                test_metrics.update({f"{prefix}_{k}": v for k, v in robust_eval(state.variables, epoch).items()})
+            writer.write(step, "eval", test_metrics)   # keys val_* or test_* name the split
+            robust_note = (f", {config.eval.robust_attack} accuracy {test_metrics[f'{prefix}_robust_accuracy']:.4f}"
+                           if f"{prefix}_robust_accuracy" in test_metrics else "")
+            progress.write(f"epoch {epoch + 1}/{epochs}: {SPLIT_NAMES[prefix]} accuracy "
+                           f"{test_metrics[f'{prefix}_accuracy']:.4f}{robust_note}")
             if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
                 ckpt.save(step, state, {**meta, "step": step}, metrics=test_metrics)
     ckpt.wait()
     progress.close()
     writer.close()
-    if not test_metrics:  # already finished: report the stored result
-        test_metrics = {f"test_{k}": v for k, v in
-                        step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
-                                 setup.eval_per_device_batch).items() if k != "count"}
+    if not test_metrics or prefix != "test":  # already finished, or the test split's one reading
+        test_metrics.update({f"test_{k}": v for k, v in
+                             step_lib.evaluate_split(eval_on, state.variables, setup.test_split,
+                                      setup.eval_per_device_batch).items() if k != "count"})
     ckpt.close()
     return {**test_metrics, "step": step}
 
@@ -293,7 +304,8 @@ def _init_from(state: TrainState, workdir: str, setup: Setup, sharding) -> Train
 def _robust_evaluator(config, setup: Setup):
     """`fn(variables, epoch) -> {'robust_accuracy', 'robust_count'}`, or None when switched off.
 
-    The named attack (pgd20 by default) runs on a fixed held-out subset of the test split,
+    The named attack (pgd20 by default) runs on a fixed subset of the evaluation split (validation
+    when there is one, else test),
     data-parallel like the training step, on the float32 build of the model (evaluation.md).
     """
     if config.eval.robust_points <= 0:
@@ -306,7 +318,7 @@ def _robust_evaluator(config, setup: Setup):
 
     def evaluate(variables, epoch):
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), epoch)
-        return step_lib.robust_evaluate_split(robust_on, variables, setup.test_split, setup.eval_per_device_batch,
+        return step_lib.robust_evaluate_split(robust_on, variables, setup.eval_split, setup.eval_per_device_batch,
                                               config.eval.robust_points, key, float(eps))
 
     return evaluate
