@@ -18,7 +18,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 
 def test_registry_and_dataset_info():
-    assert set(data.DATASETS) == {"digits", "cifar10", "cifar100", "tiny_imagenet"}
+    assert set(data.DATASETS) == {"digits", "cifar10", "cifar100", "tiny_imagenet", "fashion_mnist"}
     assert data.dataset_info("cifar100").num_classes == 100
     assert data.dataset_info("tiny_imagenet").image_size == 64
     assert data.dataset_info("digits", image_size=16).image_size == 16

@@ -19,6 +19,10 @@ by it (see :func:`validation_indices`).
   command that prepares it (``sa-mdrad prepare ...`` -> :func:`prepare`).
   Preparing CIFAR needs TensorFlow (TFDS encodes its images with TF): install
   the ``prepare`` extra. Preparing Tiny-ImageNet does not.
+* ``fashion_mnist``: the four official idx files read with numpy
+  (:mod:`sa_mdrad_jax.data.fashion_mnist`), grey repeated to RGB, from ``data_dir`` -- or,
+  when it is empty, from Debian's ``dataset-fashion-mnist`` location and then TFDS's default
+  data dir; a TFDS-prepared ``fashion_mnist`` in the same directory is read like CIFAR.
 """
 from __future__ import annotations
 
@@ -56,17 +60,21 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", 10, 32, ("train", "test")),
     "cifar100": DatasetInfo("cifar100", 100, 32, ("train", "test")),
     "tiny_imagenet": DatasetInfo("tiny_imagenet", 200, 64, ("train", "test")),
+    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 28, ("train", "test")),
 }
 
 # Our dataset name -> TFDS builder name, and our split name -> TFDS split name.
-_TFDS_NAME = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny_imagenet": "tiny_imagenet200"}
+_TFDS_NAME = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny_imagenet": "tiny_imagenet200",
+              "fashion_mnist": "fashion_mnist"}
 _TFDS_SPLIT = {
     "cifar10": {"train": "train", "test": "test"},
     "cifar100": {"train": "train", "test": "test"},
     "tiny_imagenet": {"train": "train", "test": "validation"},
+    "fashion_mnist": {"train": "train", "test": "test"},
 }
-# TFDS's own CIFAR builders yield numpy images, which TFDS can only encode with TensorFlow.
-_PREPARE_NEEDS_TF = frozenset({"cifar10", "cifar100"})
+# TFDS's own CIFAR and Fashion-MNIST builders yield numpy images, which TFDS can only encode with
+# TensorFlow (its Fashion-MNIST builder also reads the idx files through tf.io.gfile).
+_PREPARE_NEEDS_TF = frozenset({"cifar10", "cifar100", "fashion_mnist"})
 PREPARE_EXTRA_HINT = 'pip install "sa_mdrad_jax[prepare]"'
 
 _READ_CHUNK = 1024
@@ -255,8 +263,60 @@ def _read_rows(source, rows: np.ndarray, image_size: int) -> tuple[np.ndarray, n
     return images, labels
 
 
+def _fashion_mnist_dirs(data_dir: str | os.PathLike | None) -> list[str]:
+    # '' counts as unset, like config.dataset.data_dir=''.
+    if data_dir is not None and os.fspath(data_dir):
+        return [os.fspath(data_dir)]
+    from sa_mdrad_jax.data import fashion_mnist
+
+    return [fashion_mnist.DEBIAN_DIR, default_data_dir()]
+
+
+def _fashion_mnist_not_found(split: str, dirs: list[str], notes: list[str], tfds_detail: str) -> str:
+    from sa_mdrad_jax.data import fashion_mnist as fm
+
+    target = dirs[-1]
+    images, labels = fm.FILES[split]
+    lines = [
+        f"Dataset 'fashion_mnist' ({split} split) not found. Searched for its idx files {images}[.gz] and "
+        f"{labels}[.gz] in {', '.join(repr(d) for d in dirs)}, and for a TFDS-prepared 'fashion_mnist' "
+        f"under {os.path.join(target, _TFDS_NAME['fashion_mnist'])!r} ({tfds_detail}).",
+        *notes,
+        "Loading never downloads; get the data either way:",
+        "  1. the four official idx files: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs "
+        f"them in {fm.DEBIAN_DIR}, searched when the data_dir is empty), or download "
+        f"{', '.join(f + '.gz' for f in fm.ALL_FILES)} from {fm.OFFICIAL_URL} or {fm.MIRROR_URL} into {target}",
+        f"  2. TFDS (needs the network once, and TensorFlow: {PREPARE_EXTRA_HINT}):",
+        f"    {prepare_command('fashion_mnist', target)}",
+    ]
+    return "\n".join(lines)
+
+
+def _fashion_mnist_rows(split: str, data_dir: str | os.PathLike | None):
+    """idx files in each searched directory first, then a TFDS-prepared copy in the last one."""
+    from sa_mdrad_jax.data import fashion_mnist as fm
+
+    dirs = _fashion_mnist_dirs(data_dir)
+    notes = []
+    for directory in dirs:
+        images_path, labels_path = fm.split_files(directory, split)
+        if images_path and labels_path:
+            # The whole file is decoded (and cached) anyway: gzip has no random access.
+            return _ArrayRows(*fm.read_split(images_path, labels_path))
+        if images_path or labels_path:
+            missing = fm.FILES[split][1 if images_path else 0]
+            notes.append(f"({directory!r} has {os.path.basename(images_path or labels_path)} but not {missing}[.gz].)")
+    try:
+        source = _open_tfds_source("fashion_mnist", split, dirs[-1])
+    except DatasetNotFoundError as e:
+        has_info, _ = _prepared_formats(dirs[-1], _TFDS_NAME["fashion_mnist"])
+        detail = "present, but not in array_record format: prepare it into a fresh data_dir" if has_info else "absent"
+        raise DatasetNotFoundError(_fashion_mnist_not_found(split, dirs, notes, detail)) from e
+    return _SourceRows(source, DATASETS["fashion_mnist"].image_size)
+
+
 class _ArrayRows:
-    """A split held in memory: (uint8 [N,H,W,3] images, int32 [N] labels)."""
+    """A split held in memory: (uint8 [N,H,W,3] or grey [N,H,W] images, [N] labels)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self._labels = images, labels
@@ -268,7 +328,10 @@ class _ArrayRows:
         return np.asarray(self._labels)
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.images[rows].copy(), np.asarray(self._labels[rows], np.int32).copy()
+        images = self.images[rows]
+        if images.ndim == 3:   # grey [n, H, W] (idx files): repeated to RGB on the way out
+            images = np.repeat(images[..., None], 3, axis=-1)
+        return images.copy(), np.asarray(self._labels[rows], np.int32).copy()
 
 
 class _SourceRows:
@@ -293,6 +356,8 @@ def _split_rows(name: str, split: str, info: DatasetInfo, data_dir: str | None):
         from sa_mdrad_jax.data import digits
 
         return _ArrayRows(*digits._splits(info.image_size)[split])
+    if name == "fashion_mnist":
+        return _fashion_mnist_rows(split, data_dir)
     return _SourceRows(_open_tfds_source(name, split, _resolve_data_dir(data_dir)), info.image_size)
 
 
@@ -312,7 +377,8 @@ def load_split(
     and reads only those from storage. ``split`` is 'train', 'validation' or 'test' ('test' is
     TFDS 'validation' for Tiny-ImageNet). With ``validation_size > 0``, 'validation' is that many
     training examples (:func:`validation_indices`) and 'train' the rest; 'test' never changes.
-    ``data_dir=None`` means TFDS's default data dir.
+    ``data_dir=None`` means TFDS's default data dir (for ``fashion_mnist``: Debian's
+    ``/usr/share/datasets/fashion-mnist``, then TFDS's default).
     """
     info = dataset_info(name, image_size)
     _check_split(info, split, validation_size)
