@@ -14,7 +14,11 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                prerequisites trained once (seed of their config) before the
                                students, in order; 'workdir' '' = `<root>/<dataset>/teachers/<name>`.
                                A student config's `teachers.<name>.workdir` is filled from here.
-  evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'}
+  evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'} and optionally
+                               'checkpoint': 'final' (default) or 'best' (the run's best checkpoint by its
+                               validation metric, `checkpoint.best_metric`), always on the test split
+  label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
+                               'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
 
 `run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
@@ -134,6 +138,8 @@ def run_config(grid: dict, run: Run) -> ml_collections.ConfigDict:
         if key.startswith("method.") and "method" not in c:
             continue   # method options do not apply to natural training
         set_dotted(c, key, value)
+    for key, value in grid.get("label_overrides", {}).get(run.method, {}).items():
+        set_dotted(c, key, value)
     c.seed = run.seed
     fill_teacher_workdirs(grid, run.dataset, c)
     return c
@@ -186,9 +192,27 @@ def train_run(workdir: str, config: ml_collections.ConfigDict, train_fn: Callabl
     return True
 
 
+def selected_step(workdir: str, evaluation: dict) -> int | None:
+    """The checkpoint step an evaluation reads: the final one, or the best by the run's validation metric."""
+    if evaluation.get("checkpoint", "final") == "final":
+        return final_step(workdir)
+    from sa_mdrad_jax import checkpoints
+    ckpt = checkpoints.Checkpointer(workdir, read_only=True, async_save=False)
+    try:
+        step = ckpt.best_step()
+    finally:
+        ckpt.close()
+    if step is None:
+        raise config_lib.ConfigError(f"evaluation checkpoint='best' but {workdir} has no checkpoint with a best metric "
+                                     "(its config needs checkpoint.best_metric, e.g. 'val_robust_accuracy').")
+    return step
+
+
 def evaluation_matches(record: dict, evaluation: dict, step: int | None) -> bool:
     """Whether an evaluation.json record was made with these settings on this checkpoint step."""
     if step is not None and record.get("step") != step:
+        return False
+    if record.get("selection", "final") != evaluation.get("checkpoint", "final"):
         return False
     want_curve = sorted(f"{e:.6f}" for e in evaluation["curve_eps"])
     return (list(record.get("accuracy", {})) == list(evaluation["attacks"])
@@ -203,7 +227,7 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
     """The run's evaluation record: read from `<workdir>/<eval_dir>/evaluation.json` if it matches,
     else computed (and written there)."""
     path = os.path.join(workdir, eval_dir, "evaluation.json")
-    step = final_step(workdir)
+    step = selected_step(workdir, evaluation)
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
@@ -213,9 +237,10 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
     if evaluate_fn is None:
         from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint as evaluate_fn
     log(f"evaluate: {workdir}")
+    kwargs = {"step": step, "selection": "best"} if evaluation.get("checkpoint", "final") == "best" else {}
     return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
                        eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
-                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, eval_dir))
+                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, eval_dir), **kwargs)
 
 
 def evaluation_dir(grid: dict) -> str:

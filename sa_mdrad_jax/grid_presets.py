@@ -148,3 +148,76 @@ def digits_autoattack_grid() -> dict:
     grid["evaluation"] = {"attacks": ("clean", "pgd20", "autoattack"), "n_points": 100,
                           "eps": grid["evaluation"]["eps"], "batch_size": 100, "seed": 0, "curve_eps": ()}
     return grid
+
+
+def _scaled_schedule(recipe: str, epochs: int) -> dict:
+    """The paper's piecewise schedule of `recipe` (methods/recipes.py: SCHEDULES) scaled to `epochs`:
+    each LR decay at the same fraction of training, the paper's weight decay."""
+    from sa_mdrad_jax.methods.recipes import SCHEDULES
+    paper_epochs, boundaries, weight_decay = SCHEDULES[recipe]
+    return dict(schedule="piecewise", boundaries=tuple(round(b * epochs / paper_epochs) for b in boundaries),
+                decay=0.1, weight_decay=weight_decay, warmup_epochs=0.0)
+
+
+# The schedule each method's paper trains with (SA-MDRAD: its config's RSLAD/MTARD schedule).
+SCHEDULE_OF = {"natural": "pgd_at", "pgd_at": "pgd_at", "trades": "trades", "ard": "ard", "iad": "iad",
+               "rslad": "rslad", "mtard": "mtard", "adaad": "adaad", "sa_mdrad": "rslad"}
+
+
+def digits_converged_grid(epochs: int = 40) -> dict:
+    """Every method on digits in its paper's setting, trained until validation PGD-20 plateaus
+    (experiments/grids/digits_converged.py explains every choice)."""
+    eps, pgd_steps = 32 / 255, 10
+    validation_size = 287                         # 20 % of the 1,437 training digits, stratified
+    natural = {"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
+               "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")}
+
+    def shared(c, recipe):
+        c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size)
+        c.train.update(epochs=epochs, batch_size=64)
+        c.optim.update(lr=0.05, momentum=0.9, **_scaled_schedule(recipe, epochs))   # lr 0.1 @ 128, scaled to 64
+        c.eval.update(batch_size=validation_size + 1, robust_points=validation_size, robust_eps=eps,
+                      robust_every_epochs=1)
+        c.checkpoint.update(keep=1, best_metric="val_robust_accuracy")
+        c.log.update(every_steps=16, progress=False, tensorboard=False)
+        return c
+
+    base = config_lib.distill_config("sa_mdrad")
+    base.model.update(name="resnet_tiny", width=1.0, normalize="digits")
+    base.method.update(eps=eps, steps=pgd_steps, step_size=2.5 * eps / pgd_steps)
+
+    def base_config(method, dataset, student):
+        del dataset
+        c = shared(method_config(base, method, teacher_block(method, natural)), SCHEDULE_OF[method])
+        c.model.name = student
+        if method in ("pgd_at", "trades"):
+            c.teachers = ml_collections.ConfigDict()   # trained alone, as in their papers
+        if method == "trades":
+            # train_trades_cifar10.py: 10 steps of 0.007 at ε = 0.031, and its S(x), S(x'), S(x) BN order.
+            c.method.update(step_size=eps * 0.007 / 0.031, bn_forwards=3)
+        if method == "iad":
+            c.method.start_epoch = round(60 * epochs / 200)   # IAD's introspection from epoch 60 of 200
+        return c
+
+    teachers = {}
+    for name, spec in natural.items():
+        t = shared(config_lib.base_config(), "pgd_at")
+        t.model.update(spec)
+        t.eval.robust_points = 0
+        t.checkpoint.best_metric = "val_accuracy"
+        teachers[name] = {"config": t, "workdir": ""}
+    robust = shared(method_config(base, "pgd_at", {"resnet18": natural["resnet18"]}), "pgd_at")
+    robust.model.update(natural["resnet18"])
+    teachers["robust"] = {"config": robust, "workdir": ""}
+    return {
+        "name": f"digits (8×8), resnet_tiny student, {epochs} epochs, best validation checkpoint",
+        "root": "workdir/grids/digits_converged", "results": "experiments/results/digits_converged",
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": PAPER_METHODS, "seeds": (0, 1, 2, 3, 4),
+        "base_config": base_config, "overrides": {},
+        # AdaAD+IGDM follows the IGDM scripts: weight decay 2e-4, batchmean AdaAD KL, the ramp over the run.
+        "label_overrides": {"adaad+igdm": {"optim.weight_decay": 2e-4, "method.kl_scale": 1.0,
+                                           "method.igdm.e_ref": float(epochs)}},
+        "teachers": {"digits": teachers},
+        "evaluation": {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 360,
+                       "eps": eps, "batch_size": 360, "seed": 0, "curve_eps": (), "checkpoint": "best"},
+    }

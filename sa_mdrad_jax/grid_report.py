@@ -139,10 +139,13 @@ def _seed_mean(series: list[dict[float, float]]) -> tuple[list[float], np.ndarra
 
 
 def plot_training_curves(metrics: dict, path: str, title: str, methods=None) -> bool:
-    """Clean and robust test accuracy over epochs (eval records), a line per method (seed mean)."""
-    panels = [("test_accuracy", "clean test accuracy (%)"), ("test_robust_accuracy", "robust test accuracy (%)")]
+    """Clean and robust accuracy over epochs (eval records), a line per method (seed mean), on the
+    split the runs evaluated every epoch: validation (`val_*`) when they have one, else test."""
     if not metrics:
         return False
+    split = "val" if any("val_accuracy" in r for runs in metrics.values() for run in runs for r in run) else "test"
+    name = {"val": "validation", "test": "test"}[split]
+    panels = [(f"{split}_accuracy", f"clean {name} accuracy (%)"), (f"{split}_robust_accuracy", f"robust {name} accuracy (%)")]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (key, label) in zip(axes, panels):

@@ -101,10 +101,12 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
 
 def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points: int = 1000, eps: float = 8 / 255,
                         batch_size: int = 200, seed: int = 0, data_dir: str | None = None, out_dir: str | None = None,
-                        curve_eps=CURVE_EPS) -> dict:
-    """Evaluates the latest checkpoint in `workdir`; writes evaluation.{json,md,png} to `out_dir`."""
+                        curve_eps=CURVE_EPS, step: int | None = None, selection: str = "final") -> dict:
+    """Evaluates a checkpoint of `workdir` (`step`, default the latest) on the first `n_points` test
+    points; writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
+    chosen ('final', or 'best' by the run's validation metric)."""
     t0 = time.perf_counter()
-    model_cfg, variables, meta = checkpoints.load_variables(workdir)
+    model_cfg, variables, meta = checkpoints.load_variables(workdir, step)
     model = models.get_model(**{**model_cfg, "dtype": "float32"})
     image_size = meta["image_shape"][0]
     x, y = data.load_split(meta["dataset"], "test", data_dir=data_dir,
@@ -113,6 +115,7 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
     result = evaluate_model(model, variables, x, y, attack_names=attack_names, eps=eps, batch_size=batch_size,
                             seed=seed, curve_eps=curve_eps)
     record = {"model": model_cfg, "checkpoint": os.path.abspath(workdir), "step": meta.get("step"),
+              "split": "test", "selection": selection,
               "dataset": meta["dataset"], "method": meta.get("method"), **result,
               "attack_params": {"eps": eps, "named": "evaluation.md"},
               "wall_seconds": time.perf_counter() - t0, "device": jax.devices()[0].device_kind,

@@ -121,7 +121,8 @@ def load_teachers(config, setup: Setup):
         if not teacher.workdir:
             raise config_lib.ConfigError(f"teachers.{name}.workdir is empty: point it at the teacher's training workdir.")
         try:
-            model_cfg, variables, meta = checkpoints.load_variables(teacher.workdir)
+            # Its best checkpoint by its own validation metric when it kept one, else its latest.
+            model_cfg, variables, meta = checkpoints.load_variables(teacher.workdir, best=True)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"Teacher {name!r}: {e}") from e
         want = checkpoints.model_signature({**model_config_of(
