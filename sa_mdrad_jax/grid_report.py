@@ -78,6 +78,90 @@ def markdown_table(group: dict, methods: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def paired(records: list[dict], a: str, b: str, attack: str) -> dict | None:
+    """Method `a` minus method `b` on `attack` over the seeds both ran (same seed: same initialisation
+    and data order): {'diff', 'se', 'n', 'ci95': (lo, hi)} with Student-t bounds, or None if no common seed."""
+    from scipy import stats
+
+    acc = {m: {r["run"]["seed"]: r["accuracy"][attack] for r in records
+               if r["run"]["method"] == m and attack in r["accuracy"]} for m in (a, b)}
+    seeds = sorted(set(acc[a]) & set(acc[b]))
+    if not seeds:
+        return None
+    d = np.array([acc[a][s] - acc[b][s] for s in seeds])
+    if len(d) == 1:
+        return {"diff": float(d[0]), "se": None, "n": 1, "ci95": None}
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * se
+    return {"diff": float(d.mean()), "se": se, "n": len(d), "ci95": (float(d.mean()) - half, float(d.mean()) + half)}
+
+
+def verdict(p: dict | None) -> str:
+    """'holds' when the 95 % interval of a − b lies above 0 (a ≥ b claims accept a tie-free win only),
+    'does not hold' when it lies below 0, else 'inconclusive' (one seed is always inconclusive)."""
+    if p is None:
+        return "not run"
+    if p["ci95"] is None:
+        return "inconclusive (1 seed)"
+    lo, hi = p["ci95"]
+    return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
+
+
+# (claim, source, [(method a, method b, attack)]): each a paper's claim, checked as "a − b > 0".
+CLAIMS = (
+    ("TRADES is more robust than PGD-AT", "TRADES (Zhang et al. 2019), Table 5",
+     [("trades", "pgd_at", "autoattack")]),
+    ("Distilled students beat PGD-AT under AutoAttack at the same size", "ARD, RSLAD, AdaAD tables",
+     [("ard", "pgd_at", "autoattack"), ("rslad", "pgd_at", "autoattack"), ("adaad", "pgd_at", "autoattack")]),
+    ("Distilled students keep higher clean accuracy than PGD-AT", "ARD, RSLAD, AdaAD, SA-MDRAD tables",
+     [("ard", "pgd_at", "clean"), ("rslad", "pgd_at", "clean"), ("adaad", "pgd_at", "clean"),
+      ("sa_mdrad", "pgd_at", "clean")]),
+    ("IAD is more robust than ARD", "IAD (Zhu et al. 2022)", [("iad", "ard", "autoattack")]),
+    ("RSLAD ≥ ARD under AutoAttack", "RSLAD (Zi et al. 2021), Table 1", [("rslad", "ard", "autoattack")]),
+    ("MTARD ≥ RSLAD (clean and AutoAttack)", "MTARD (Zhao et al. 2022)",
+     [("mtard", "rslad", "clean"), ("mtard", "rslad", "autoattack")]),
+    ("AdaAD ≥ RSLAD under AutoAttack", "AdaAD (Huang et al. 2023), Table 1", [("adaad", "rslad", "autoattack")]),
+    ("IGDM raises AdaAD's AutoAttack accuracy", "IGDM (Lee et al. 2025)", [("adaad+igdm", "adaad", "autoattack")]),
+    ("SA-MDRAD ≥ every baseline under AutoAttack", "SA-MDRAD (Multimedia Systems 2024)",
+     [("sa_mdrad", m, "autoattack") for m in ("pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad",
+                                             "adaad+igdm")]),
+)
+
+
+def _pct_pm(p: dict) -> str:
+    return f"{100 * p['diff']:+.2f}" + ("" if p["se"] is None else f" ± {100 * p['se']:.2f}")
+
+
+def claims_table(records: list[dict]) -> str:
+    """The papers' claims, one row per comparison: measured a − b (mean ± standard error over paired
+    seeds, percentage points), the 95 % interval and the verdict."""
+    lines = ["| claim | source | comparison | a − b (pp, mean ± s.e.) | 95 % CI | seeds | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for claim, source, comparisons in CLAIMS:
+        for a, b, attack in comparisons:
+            p = paired(records, a, b, attack)
+            diff = _pct_pm(p) if p else "–"
+            ci = f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]" if p and p["ci95"] else "–"
+            lines.append(f"| {claim} | {source} | {a} − {b}, {COLUMNS.get(attack, attack)} | {diff} | {ci} | "
+                         f"{p['n'] if p else 0} | {verdict(p)} |")
+    return "\n".join(lines)
+
+
+def paired_table(records: list[dict], reference: str = "pgd_at", methods: list[str] | None = None) -> str:
+    """Every method minus `reference` per attack, paired over seeds (pp, mean ± standard error)."""
+    present = sorted({r["run"]["method"] for r in records})
+    attacks = [a for a in COLUMNS if any(a in r["accuracy"] for r in records)]
+    lines = [f"| method − {reference} | " + " | ".join(COLUMNS[a] for a in attacks) + " | seeds |",
+             "|---|" + "---|" * len(attacks) + "---|"]
+    for m in _order(present, methods):
+        if m == reference:
+            continue
+        ps = [paired(records, m, reference, a) for a in attacks]
+        n = max((p["n"] for p in ps if p), default=0)
+        lines.append(f"| {m} | " + " | ".join(_pct_pm(p) if p else "–" for p in ps) + f" | {n} |")
+    return "\n".join(lines)
+
+
 def _records_by(records, dataset, student):
     return [r for r in records if (r["run"]["dataset"], r["run"]["student"]) == (dataset, student)]
 
@@ -215,16 +299,23 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         subset = _records_by(records, dataset, student)
         first = subset[0]
         aa = " (AutoAttack: standard version)" if any("autoattack" in c for c in group.values()) else ""
-        head = (f"### {dataset}, {student} student\n\nAccuracy (%) on the first {first['n_points']} test points, "
+        selection = {"best": "best-validation checkpoint", "final": "final checkpoint"}.get(first.get("selection", "final"))
+        head = (f"### {dataset}, {student} student\n\nAccuracy (%) of each run's {selection} on the first "
+                f"{first['n_points']} points of the {first.get('split', 'test')} split, "
                 f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds{aa}.\n\n")
         parts.append(head + markdown_table(group, methods))
+        if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1:
+            parts.append("Paired difference to PGD-AT over the same seeds (percentage points, mean ± standard "
+                         "error):\n\n" + paired_table(subset, "pgd_at", methods))
+            parts.append("The papers' claims (a − b > 0 is the claim; 'holds' when the paired 95 % interval "
+                         "is above 0, 'does not hold' when below, else inconclusive):\n\n" + claims_table(subset))
         summary.append({"dataset": dataset, "student": student,
                         "methods": {m: {a: {"mean": c[0], "std": c[1], "n": c[2]} for a, c in cells.items()}
                                     for m, cells in group.items()}})
         stem = os.path.join(results_dir, f"{dataset}_{student}")
         plot_eps_curves(subset, stem + "_eps.png", f"{dataset}, {student}: accuracy vs ε", methods)
         metrics = _metrics_by_method(results_dir, subset)
-        plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: test accuracy", methods)
+        plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: accuracy per epoch", methods)
         if "sa_mdrad" in metrics:
             plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
                              f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")

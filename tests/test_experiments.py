@@ -278,3 +278,58 @@ def test_runners_share_a_grid_through_lock_files(tmp_path):
     assert grid.acquire(workdir)
     grid.release(workdir)
     assert not os.path.exists(os.path.join(workdir, grid.LOCK_FILE))
+
+
+def _seed_record(method, seed, **acc):
+    return {"run": {"dataset": "digits", "student": "s", "method": method, "seed": seed}, "accuracy": acc}
+
+
+def test_paired_differences_and_claim_verdicts():
+    from sa_mdrad_jax import grid_report
+    # rslad beats pgd_at by 5 points on every seed (noise ±1); ard loses by 5; adaad ties up to noise.
+    noise = [0.01, -0.01, 0.0, 0.005, -0.005]
+    recs = []
+    for s, e in enumerate(noise):
+        base = 0.4 + 0.02 * s   # seeds differ a lot; pairing removes it
+        recs += [_seed_record("pgd_at", s, autoattack=base), _seed_record("rslad", s, autoattack=base + 0.05 + e),
+                 _seed_record("ard", s, autoattack=base - 0.05 + e), _seed_record("adaad", s, autoattack=base + e)]
+    p = grid_report.paired(recs, "rslad", "pgd_at", "autoattack")
+    assert p["n"] == 5 and p["diff"] == pytest.approx(0.05) and p["se"] == pytest.approx(np.std(noise, ddof=1) / 5 ** 0.5)
+    assert grid_report.verdict(p) == "holds"
+    assert grid_report.verdict(grid_report.paired(recs, "ard", "pgd_at", "autoattack")) == "does not hold"
+    assert grid_report.verdict(grid_report.paired(recs, "adaad", "pgd_at", "autoattack")) == "inconclusive"
+    assert grid_report.verdict(grid_report.paired(recs, "sa_mdrad", "pgd_at", "autoattack")) == "not run"
+    one = grid_report.paired(recs[:4], "rslad", "pgd_at", "autoattack")
+    assert one["n"] == 1 and grid_report.verdict(one) == "inconclusive (1 seed)"
+    table = grid_report.claims_table(recs)
+    assert "| rslad − ard, AutoAttack | +10.00 ± " in table and "| holds |" in table
+    assert "rslad − pgd_at, AutoAttack | +5.00 ± 0.35" in table
+
+
+def test_best_checkpoint_evaluation_reads_the_best_validation_step(tmp_path):
+    """evaluation checkpoint='best': the step with the best validation metric is evaluated, and a stored
+    evaluation of another step or of the final checkpoint is not reused."""
+    import jax.numpy as jnp
+    from sa_mdrad_jax import checkpoints
+    workdir = str(tmp_path / "run")
+    ckpt = checkpoints.Checkpointer(workdir, keep=1, best_metric="val_robust_accuracy", async_save=False)
+    for step, acc in {10: 0.2, 20: 0.5, 30: 0.3}.items():
+        ckpt.save(step, {"w": jnp.zeros(2)}, {"step": step}, metrics={"val_robust_accuracy": acc})
+    ckpt.close()
+    grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 30})
+    calls = []
+
+    def fake_eval(workdir, **kw):
+        calls.append(kw)
+        return _record({a: 0.5 for a in EVAL["attacks"]}, step=kw.get("step", 30), selection=kw.get("selection", "final"))
+
+    best = {**EVAL, "checkpoint": "best"}
+    grid.evaluate_run(workdir, best, fake_eval, log=lambda m: None)
+    assert calls[-1]["step"] == 20 and calls[-1]["selection"] == "best"
+    os.makedirs(os.path.join(workdir, grid.EVAL_DIR))
+    with open(os.path.join(workdir, grid.EVAL_DIR, "evaluation.json"), "w") as f:
+        json.dump(_record({a: 0.5 for a in EVAL["attacks"]}, step=20, selection="best"), f)
+    grid.evaluate_run(workdir, best, fake_eval, log=lambda m: None)
+    assert len(calls) == 1                                   # reused: same step, same selection
+    grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None)
+    assert len(calls) == 2 and "step" not in calls[-1]       # the final checkpoint is another evaluation
