@@ -150,3 +150,35 @@ def test_step_on_8_devices_equals_1_device_and_traces_once(name):
         assert float(one.extra["method"]["w_nat"]) != 0.5 and int(one.extra["method"]["started"]) == 1
     if name == "adaad+igdm":
         assert "igdm_sum" in m1[0] and float(m1[1]["igdm_kl_sum"]) > 0
+
+
+def test_trades_reference_bn_order_adds_one_clean_statistics_update_and_nothing_else():
+    """bn_forwards=3 (the reference's S(x), S(x'), S(x)): same loss and parameters as 2 forwards,
+    running statistics one more momentum update with the clean batch: m3 = 0.9·m2 + 0.1·mean(h(x))."""
+    images, labels = _digits()
+    mesh = step_lib.make_mesh(jax.devices()[:1])
+    student, tx = TinyNet(bn_axis_name=step_lib.DATA), _tx()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step_lib.DATA))
+    batch = {"image": jax.device_put(images[:16], sharding), "label": jax.device_put(labels[:16], sharding)}
+    out = {}
+    for n in (2, 3):
+        cfg = method_config("trades")
+        cfg.bn_forwards = n
+        method = make_method(cfg, ())
+        state = jax.device_put(_initial_state(student, tx, (8, 8, 3), 0, (), method),
+                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        fn = distill_step.make_distill_step(method, student, (), tx, mesh, eps=8 / 255, step_size=2 / 255,
+                                            steps=2, augment=False)
+        new, metrics = jax.jit(fn)(state, batch, jax.random.PRNGKey(0), (), StepContext.make())
+        out[n] = jax.device_get((state, new, metrics))
+    (before, two, m2), (_, three, m3) = out[2], out[3]
+    np.testing.assert_allclose(m3["loss_sum"], m2["loss_sum"], rtol=1e-6)
+    chex.assert_trees_all_close(three.params, two.params, rtol=1e-5, atol=1e-7)
+    x = jnp.asarray(images[:16], jnp.float32) / 255.0
+    h = x.reshape(16, -1) @ before.params["Dense_0"]["kernel"] + before.params["Dense_0"]["bias"]
+    expected = 0.9 * two.batch_stats["BatchNorm_0"]["mean"] + 0.1 * h.mean(0)
+    np.testing.assert_allclose(three.batch_stats["BatchNorm_0"]["mean"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(three.batch_stats["BatchNorm_0"]["mean"], two.batch_stats["BatchNorm_0"]["mean"])
+    with pytest.raises(ValueError, match="bn_forwards"):
+        cfg.bn_forwards = 4
+        make_method(cfg, ())
