@@ -131,6 +131,9 @@ def _validate_selection(config: ml_collections.ConfigDict) -> None:
     size = config.dataset.get("validation_size", 0)
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ConfigError(f"dataset.validation_size must be an int >= 0 (0 = no validation split), got {size!r}.")
+    train_size = config.dataset.get("train_size", 0)
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 0:
+        raise ConfigError(f"dataset.train_size must be an int >= 0 (0 = every training example), got {train_size!r}.")
     metric = config.checkpoint.best_metric
     if not metric:
         return
@@ -165,6 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
         image_size=0,       # 0 = the dataset's native size; digits are resized to this
         validation_size=0,  # > 0: hold out this many training examples (stratified, fixed seed) as the
                             # 'validation' split: per-epoch evaluation and checkpoint selection use it
+        train_size=0,       # > 0: train on a stratified subset of this many of the remaining training examples
         augment=True,       # random crop after zero padding (+ flip), inside the jitted step
         crop_pad=4,         # zero padding before the random crop
         flip=True,          # random horizontal flip (off for digits: a mirrored digit is another glyph)

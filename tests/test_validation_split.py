@@ -89,3 +89,17 @@ def test_training_and_selection_never_read_the_test_labels(tmp_path, monkeypatch
     assert {k: v for k, v in real.items() if not k.startswith("test_")} == \
         {k: v for k, v in fake.items() if not k.startswith("test_")}
     assert real["test_accuracy"] > 0.3 and fake["test_accuracy"] < real["test_accuracy"] - 0.2
+
+
+def test_train_size_takes_a_stratified_subset_of_what_validation_leaves():
+    train = data.load_split("digits", "train", image_size=8, validation_size=287)
+    sub = data.load_split("digits", "train", image_size=8, validation_size=287, train_size=500)
+    val = data.load_split("digits", "validation", image_size=8, validation_size=287, train_size=500)
+    assert len(sub[1]) == 500 and _rows(sub[0]) <= _rows(train[0]) and not _rows(sub[0]) & _rows(val[0])
+    assert np.bincount(sub[1], minlength=10).min() >= 45   # ~50 per class
+    again = data.load_split("digits", "train", image_size=8, validation_size=287, train_size=500)
+    np.testing.assert_array_equal(again[0], sub[0])
+    np.testing.assert_array_equal(val[0], data.load_split("digits", "validation", image_size=8,
+                                                          validation_size=287)[0])   # untouched by train_size
+    with pytest.raises(ValueError, match="train_size"):
+        data.load_split("digits", "train", image_size=8, train_size=-2)

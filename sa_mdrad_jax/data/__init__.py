@@ -370,6 +370,7 @@ def load_split(
     process_index: int = 0,
     process_count: int = 1,
     validation_size: int = 0,
+    train_size: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """This process's contiguous shard of a split: (uint8 [n,H,W,3] images, int32 [n] labels).
 
@@ -377,18 +378,25 @@ def load_split(
     and reads only those from storage. ``split`` is 'train', 'validation' or 'test' ('test' is
     TFDS 'validation' for Tiny-ImageNet). With ``validation_size > 0``, 'validation' is that many
     training examples (:func:`validation_indices`) and 'train' the rest; 'test' never changes.
+    ``train_size > 0`` keeps a stratified subset of that many of the remaining training examples
+    (fixed seed; for CPU-sized runs), leaving 'validation' and 'test' as they are.
     ``data_dir=None`` means TFDS's default data dir (for ``fashion_mnist``: Debian's
     ``/usr/share/datasets/fashion-mnist``, then TFDS's default).
     """
     info = dataset_info(name, image_size)
     _check_split(info, split, validation_size)
     _shard_range(1, process_index, process_count)  # validate early
+    if isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer)) or train_size < 0:
+        raise ValueError(f"train_size must be an int >= 0 (0 = every training example), got {train_size!r}.")
     rows = _split_rows(name, "test" if split == "test" else "train", info, data_dir)
-    if split == "test" or validation_size == 0:
+    if split == "test" or (validation_size == 0 and (split == "validation" or train_size == 0)):
         index = np.arange(len(rows))
     else:
-        train, val = validation_indices(rows.labels(), validation_size)
+        labels = rows.labels()
+        train, val = validation_indices(labels, validation_size) if validation_size else (np.arange(len(labels)), None)
         index = val if split == "validation" else train
+        if split == "train" and train_size and train_size < len(train):
+            index = train[validation_indices(labels[train], train_size, seed=VALIDATION_SEED + 1)[1]]
     start, stop = _shard_range(len(index), process_index, process_count)
     return rows.read(index[start:stop])
 

@@ -80,9 +80,10 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     load = functools.partial(data.load_split, ds.name, data_dir=ds.data_dir or None,
                              image_size=ds.image_size or None, process_index=jax.process_index(),
                              process_count=jax.process_count(), validation_size=ds.validation_size)
+    train_load = functools.partial(load, train_size=ds.get("train_size", 0))
     per_device_batch = config.train.batch_size // n_dev
     eval_per_device_batch = max(1, -(-config.eval.batch_size // n_dev))
-    train_split = input_lib.put_split(mesh, *load("train"), drop_remainder=True)
+    train_split = input_lib.put_split(mesh, *train_load("train"), drop_remainder=True)
     put_eval = functools.partial(input_lib.put_split, mesh, drop_remainder=False, multiple_of=eval_per_device_batch)
     test_split = put_eval(*load("test"))
     if ds.validation_size > 0:
