@@ -16,7 +16,8 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                A student config's `teachers.<name>.workdir` is filled from here.
   evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'} and optionally
                                'checkpoint': 'final' (default) or 'best' (the run's best checkpoint by its
-                               validation metric, `checkpoint.best_metric`), always on the test split
+                               validation metric, `checkpoint.best_metric`), and 'split': 'test' (default)
+                               or 'validation' (the runs' own validation split: for choices, e.g. a sweep)
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
@@ -214,6 +215,8 @@ def evaluation_matches(record: dict, evaluation: dict, step: int | None) -> bool
         return False
     if record.get("selection", "final") != evaluation.get("checkpoint", "final"):
         return False
+    if record.get("split", "test") != evaluation.get("split", "test"):
+        return False
     want_curve = sorted(f"{e:.6f}" for e in evaluation["curve_eps"])
     return (list(record.get("accuracy", {})) == list(evaluation["attacks"])
             and record.get("n_points") == evaluation["n_points"]
@@ -238,6 +241,8 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
         from sa_mdrad_jax.evaluate.robustness import evaluate_checkpoint as evaluate_fn
     log(f"evaluate: {workdir}")
     kwargs = {"step": step, "selection": "best"} if evaluation.get("checkpoint", "final") == "best" else {}
+    if evaluation.get("split", "test") != "test":
+        kwargs["split"] = evaluation["split"]
     return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
                        eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
                        curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, eval_dir), **kwargs)

@@ -333,3 +333,24 @@ def test_best_checkpoint_evaluation_reads_the_best_validation_step(tmp_path):
     assert len(calls) == 1                                   # reused: same step, same selection
     grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None)
     assert len(calls) == 2 and "step" not in calls[-1]       # the final checkpoint is another evaluation
+
+
+def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs():
+    from sa_mdrad_jax import grid_presets
+    sweep = grid.load_grid("experiments/grids/sa_mdrad_sweep.py")
+    converged = grid.load_grid("experiments/grids/digits_converged.py")
+    default = config_lib.method_config("sa_mdrad")
+    runs = {r.method: r for r in grid.expand(sweep) if r.seed == 0}
+    base = grid._config_json(grid.run_config(sweep, runs["sa_mdrad"]))
+    for label, run in runs.items():
+        changed = grid_presets.sweep_overrides(label)
+        config = grid.run_config(sweep, run)
+        config_lib.validate(config)
+        diff = {k for k, v in grid._config_json(config)["method"].items() if v != base["method"][k]}
+        assert diff == set(changed) and all(changed[k] != default[k] for k in changed if k != "lambda_nat"), label
+    assert len(runs) == 1 + sum(len(v) - 1 for v in grid_presets.SA_MDRAD_SWEEP.values())
+    same = [r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0][0]
+    assert same.workdir == runs["sa_mdrad"].workdir and grid._config_json(grid.run_config(converged, same)) == base
+    assert sweep["evaluation"]["split"] == "validation" and sweep["evaluation_dir"] != grid.EVAL_DIR
+    with pytest.raises(config_lib.ConfigError, match="takes"):
+        grid_presets.sweep_overrides("sa_mdrad@tau=3")

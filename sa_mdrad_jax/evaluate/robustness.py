@@ -101,21 +101,32 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
 
 def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points: int = 1000, eps: float = 8 / 255,
                         batch_size: int = 200, seed: int = 0, data_dir: str | None = None, out_dir: str | None = None,
-                        curve_eps=CURVE_EPS, step: int | None = None, selection: str = "final") -> dict:
-    """Evaluates a checkpoint of `workdir` (`step`, default the latest) on the first `n_points` test
-    points; writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
+                        curve_eps=CURVE_EPS, step: int | None = None, selection: str = "final",
+                        split: str = "test") -> dict:
+    """Evaluates a checkpoint of `workdir` (`step`, default the latest) on the first `n_points`
+    points of `split` ('test', or 'validation': the run's own validation split, for choices made
+    on it); writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
     chosen ('final', or 'best' by the run's validation metric)."""
     t0 = time.perf_counter()
     model_cfg, variables, meta = checkpoints.load_variables(workdir, step)
     model = models.get_model(**{**model_cfg, "dtype": "float32"})
     image_size = meta["image_shape"][0]
-    x, y = data.load_split(meta["dataset"], "test", data_dir=data_dir,
+    validation_size = 0
+    if split == "validation":
+        with open(os.path.join(workdir, "config.json")) as f:
+            validation_size = json.load(f)["dataset"].get("validation_size", 0)
+        if not validation_size:
+            raise ConfigError(f"{workdir} was trained without a validation split (dataset.validation_size=0): "
+                              "evaluate it on split='test'.")
+    elif split != "test":
+        raise ConfigError(f"Unknown evaluation split {split!r}; accepted: 'test', 'validation'.")
+    x, y = data.load_split(meta["dataset"], split, data_dir=data_dir, validation_size=validation_size,
                            image_size=image_size if meta["dataset"] == "digits" else None)
     x, y = x[:n_points].astype(np.float32) / 255.0, y[:n_points]
     result = evaluate_model(model, variables, x, y, attack_names=attack_names, eps=eps, batch_size=batch_size,
                             seed=seed, curve_eps=curve_eps)
     record = {"model": model_cfg, "checkpoint": os.path.abspath(workdir), "step": meta.get("step"),
-              "split": "test", "selection": selection,
+              "split": split, "selection": selection,
               "dataset": meta["dataset"], "method": meta.get("method"), **result,
               "attack_params": {"eps": eps, "named": "evaluation.md"},
               "wall_seconds": time.perf_counter() - t0, "device": jax.devices()[0].device_kind,
