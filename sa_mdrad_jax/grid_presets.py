@@ -72,7 +72,8 @@ def paper_grid(dataset: str, student: str) -> dict:
     first = primary(natural)
     robust = method_config(sa_mdrad, "trades", {first: natural[first]})
     robust.model = ml_collections.ConfigDict(natural[first])
-    robust.checkpoint.best_metric = "test_robust_accuracy"
+    robust.dataset.validation_size = 1000   # its best checkpoint is chosen on held-out training data
+    robust.checkpoint.best_metric = "val_robust_accuracy"
     teachers["robust"] = {"config": robust, "workdir": ""}
     return {
         "name": f"{dataset}, {student}", "root": "runs/grids", "results": f"experiments/results/{dataset}_{student}",
