@@ -57,7 +57,7 @@ def is_read_error(exc: BaseException) -> bool:
 def _first_failing_item(exc: BaseException) -> str:
     """The array or item Orbax failed on, e.g. 'params.conv1.kernel' or 'item state', for the message."""
     text = " ".join(str(e) for e in _chain(exc))
-    for pattern, fmt in ((r'Error (?:reading|opening) "([^"/]+)', "array {}"),
+    for pattern, fmt in ((r'Error reading "([^"/]+)/', "array {}"),
                          (r"Unknown key: (\w+)", "item {} missing"),
                          (r'Item "(\w+)" was not found', "item {} missing"),
                          (r"named (_\w+)\) does not exist at (\S+?)\.?$", "{} missing")):
