@@ -280,11 +280,18 @@ def test_diverged_weights_are_never_saved_and_the_sane_checkpoint_survives_keep_
         loop.train(config, workdir)
     msg = str(exc.value)
     assert "diverged by step 10" in msg and "train.max_loss at step" in msg
-    assert "train.max_param_abs=1e+06" in msg
+    assert "the epoch's mean training loss is" in msg and "(train.max_loss=1e+06)" in msg
     assert f"last sane checkpoint, step 5 in {workdir}/checkpoints, is kept" in msg
     ckpt = checkpoints.Checkpointer(workdir, read_only=True)
     assert sorted(ckpt.manager.all_steps()) == [5]
     assert_trees_equal(final_params(workdir, 5), sane)
+    # The weight bound on its own: a sane loss but one weight beyond train.max_param_abs (or not finite).
+    for bad_value, expected in ((2e6, "largest |parameter| is 2e+06"), (np.nan, "some weights are not finite")):
+        params = jax.tree.map(np.array, sane["params"])
+        jax.tree.leaves(params)[0].flat[0] = bad_value
+        state = type("State", (), {"params": params, "batch_stats": sane["batch_stats"]})()
+        with pytest.raises(loop.DivergenceError, match=expected):
+            loop._check_sane(config, state, 10, [2.3, 1.0, None], ckpt)
 
 
 # -------------------------------------------------------------------------------------- messages
