@@ -28,9 +28,10 @@ class CheckpointMismatchError(ValueError):
 class CheckpointCorruptError(ValueError):
     """A checkpoint step whose files are missing or damaged (Orbax/TensorStore could not read it)."""
 
-    def __init__(self, message: str, step: int | None = None):
+    def __init__(self, message: str, step: int | None = None, summary: str = ""):
         super().__init__(message)
         self.step = step
+        self.summary = summary or message   # the first sentence, without the way out
 
 
 # What Orbax / TensorStore say when a step's files are missing or damaged (as opposed to a step
@@ -117,9 +118,8 @@ class Checkpointer:
         hint = (f" Other steps there: {others}; to use the newest of them, move {self.directory}/{step} "
                 "out of that directory (resuming training does this itself)." if others else
                 " There is no other step in it.")
-        return CheckpointCorruptError(
-            f"Checkpoint step {step} in {self.directory} is incomplete or corrupt "
-            f"({_first_failing_item(exc)}).{hint}", step)
+        summary = f"Checkpoint step {step} in {self.directory} is incomplete or corrupt ({_first_failing_item(exc)})."
+        return CheckpointCorruptError(summary + hint, step, summary)
 
     def _restore(self, step: int, args):
         try:
@@ -206,12 +206,12 @@ class Checkpointer:
                 continue
             for bad_step, error in bad:
                 moved = self.move_aside(bad_step)
-                log(f"warning: {error.args[0].split(' Other steps')[0]} Resuming from step {step}, the newest "
+                log(f"warning: {error.summary} Resuming from step {step}, the newest "
                     f"intact one; moved step {bad_step} to {moved} (delete it once you no longer need it).")
             return state, meta, step
         raise CheckpointCorruptError(
             f"No checkpoint step in {self.directory} restores completely: "
-            + "; ".join(e.args[0].split(" Other steps")[0] for _, e in bad)
+            + " ".join(e.summary for _, e in bad)
             + " Nothing was moved or deleted; move the workdir aside to start afresh.", bad[0][0] if bad else None)
 
     def move_aside(self, step: int) -> str:

@@ -128,7 +128,7 @@ def load_teachers(config, setup: Setup):
         except FileNotFoundError as e:
             raise FileNotFoundError(f"Teacher {name!r}: {e}") from e
         except checkpoints.CheckpointCorruptError as e:
-            raise checkpoints.CheckpointCorruptError(f"Teacher {name!r}: {e}", e.step) from None
+            raise checkpoints.CheckpointCorruptError(f"Teacher {name!r}: {e}", e.step, e.summary) from None
         want = checkpoints.model_signature({**model_config_of(
             ml_collections.ConfigDict({"model": teacher.model}), setup.info.num_classes)})
         have = checkpoints.model_signature(model_cfg)
