@@ -52,11 +52,14 @@ def _read(path: str) -> dict | None:
         mtime = os.path.getmtime(path)
     except FileNotFoundError:
         return None
-    try:
-        holder = json.loads(text)
-        holder = holder if isinstance(holder, dict) else {}
-    except ValueError:   # an older plain-pid lock, or a file caught mid-write
-        holder = {"pid": int(text.strip())} if text.strip().isdigit() else {}
+    if text.strip().isdigit():   # an older plain-pid lock (same host)
+        holder = {"pid": int(text.strip())}
+    else:
+        try:
+            holder = json.loads(text)
+            holder = holder if isinstance(holder, dict) else {}
+        except ValueError:       # a file caught between create and write
+            holder = {}
     return {**holder, "mtime": mtime, "raw": text}
 
 
