@@ -208,7 +208,8 @@ def _startup_sigterm(signum, frame):
 
 def run(argv: list[str] | None = None) -> None:
     # Until the training loop installs its own handler (which checkpoints), a SIGTERM exits cleanly.
-    previous = signal.signal(signal.SIGTERM, _startup_sigterm) if threading.current_thread() is threading.main_thread() else None
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _startup_sigterm) if in_main else None
     try:
         _run(argv)
     finally:

@@ -143,7 +143,8 @@ def load_teachers(config, setup: Setup):
     return tuple(teacher_models), tuple(teacher_vars)
 
 
-STARTUP_SIGTERM_MESSAGE = "SIGTERM before training started: nothing to save; exiting (re-run the same command to start)."
+STARTUP_SIGTERM_MESSAGE = ("SIGTERM before training started: nothing to save; exiting "
+                           "(re-run the same command to start).")
 
 
 class _Preemption:
@@ -173,11 +174,10 @@ class _Preemption:
 
     @contextlib.contextmanager
     def running(self):
+        # From here on a SIGTERM is only remembered: the loop checkpoints at the next step, and
+        # after the loop (final save, evaluation) the run is finishing anyway.
         self.started = True
-        try:
-            yield self
-        finally:
-            self.started = False
+        yield self
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -375,7 +375,8 @@ def _check_sane(config, state, step: int, epoch_loss: list, ckpt: checkpoints.Ch
     if loss is not None and (not math.isfinite(loss) or (max_loss and loss > max_loss)):
         problems.append(f"the epoch's mean training loss is {loss:.4g} (train.max_loss={max_loss:g})")
     if not finite or not math.isfinite(max_abs) or (max_abs_bound and max_abs > max_abs_bound):
-        problems.append(f"the largest |parameter| is {max_abs:.4g}" + ("" if finite else " and some weights are not finite")
+        problems.append(f"the largest |parameter| is {max_abs:.4g}"
+                        + ("" if finite else " and some weights are not finite")
                         + f" (train.max_param_abs={max_abs_bound:g})")
     if not problems:
         return
