@@ -74,6 +74,10 @@ def load_grid(path: str) -> dict:
                if k not in grid]
     if missing:
         raise config_lib.ConfigError(f"Grid file {path} lacks {', '.join(missing)} (see sa_mdrad_jax/grid.py).")
+    # Checked before the first run trains, not when the first evaluation reaches them.
+    config_lib.check_attack_names(tuple(grid["evaluation"]["attacks"]), f"Grid file {path}: evaluation.attacks")
+    config_lib.check_number(grid["evaluation"]["n_points"], f"Grid file {path}: evaluation.n_points", integer=True,
+                            accepted="a positive number of test points")
     return grid
 
 
