@@ -168,10 +168,12 @@ def release(workdir: str) -> None:
             return
         entry[1].set()
         del _held[path]
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
+        mine = _read(path) or {}
+        if mine.get("pid") == os.getpid() and mine.get("host") == socket.gethostname():
+            try:   # (never another process's lock, should ours have been judged stale and taken over)
+                os.remove(path)
+            except FileNotFoundError:
+                pass
 
 
 class hold:
