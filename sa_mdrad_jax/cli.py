@@ -97,10 +97,7 @@ def _evaluate(argv):
     for flag in ("n_points", "batch_size"):
         if getattr(FLAGS, flag) < 1:
             raise UsageError(f"--{flag} must be a positive integer; got {getattr(FLAGS, flag)}.")
-    try:
-        config_lib.check_attack_names(names, "--attacks")
-    except config_lib.ConfigError as e:
-        raise UsageError(str(e)) from None
+    config_lib.check_attack_names(names, "--attacks")   # every name, before the checkpoint is loaded
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "evaluation")
     record = robustness.evaluate_checkpoint(FLAGS.workdir, attack_names=names, n_points=FLAGS.n_points,
                                             eps=FLAGS.eps_255 / 255, batch_size=FLAGS.batch_size,
