@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import time
 from typing import Any
 
 import jax
@@ -21,6 +23,49 @@ MODEL_KEYS = ("name", "width", "num_classes", "normalize")
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the requested model; nothing was modified."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint step whose files are missing or damaged (Orbax/TensorStore could not read it)."""
+
+    def __init__(self, message: str, step: int | None = None, summary: str = ""):
+        super().__init__(message)
+        self.step = step
+        self.summary = summary or message   # the first sentence, without the way out
+
+
+# What Orbax / TensorStore say when a step's files are missing or damaged (as opposed to a step
+# that reads fine but holds another model): TensorStore status codes, Orbax's missing-item errors.
+_READ_ERROR_MARKERS = ("OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND", "DATA_LOSS", "Error reading",
+                       "Error opening", "Unknown key:", "was not found in the checkpoint",
+                       "Metadata file (named", "Truncated", "Encountered error while reading")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def is_read_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says that checkpoint files could not be read."""
+    return any(isinstance(e, FileNotFoundError) or any(m in str(e) for m in _READ_ERROR_MARKERS)
+               for e in _chain(exc))
+
+
+def _first_failing_item(exc: BaseException) -> str:
+    """The array or item Orbax failed on, e.g. 'params.conv1.kernel' or 'item state', for the message."""
+    text = " ".join(str(e) for e in _chain(exc))
+    for pattern, fmt in ((r'Error reading "([^"/]+)/', "array {}"),
+                         (r"Unknown key: (\w+)", "item {} missing"),
+                         (r'Item "(\w+)" was not found', "item {} missing"),
+                         (r"named (_\w+)\) does not exist at (\S+?)\.?$", "{} missing")):
+        found = re.search(pattern, text, flags=re.M)
+        if found:
+            return fmt.format(found.group(1))
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -67,14 +112,31 @@ class Checkpointer:
                 scored.append((sign * value, step))
         return max(scored)[1] if scored else None
 
+    def corrupt_error(self, step: int, exc: BaseException) -> CheckpointCorruptError:
+        """'checkpoint step N in DIR is incomplete or corrupt (first failing item)', with the way out."""
+        others = sorted((s for s in self.manager.all_steps() if s != step), reverse=True)
+        hint = (f" Other steps there: {others}; to use the newest of them, move {self.directory}/{step} "
+                "out of that directory (resuming training does this itself)." if others else
+                " There is no other step in it.")
+        summary = f"Checkpoint step {step} in {self.directory} is incomplete or corrupt ({_first_failing_item(exc)})."
+        return CheckpointCorruptError(summary + hint, step, summary)
+
+    def _restore(self, step: int, args):
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise bare Exception on bad files
+            if is_read_error(e):
+                raise self.corrupt_error(step, e) from None
+            raise
+
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        restored = self._restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def check_model(self, model_config, step: int | None = None) -> dict:
+    def check_model(self, model_config, step: int | None = None, meta: dict | None = None) -> dict:
         """Raises CheckpointMismatchError if the checkpoint holds another model; returns meta."""
-        meta = self.read_meta(step)
+        meta = self.read_meta(step) if meta is None else meta
         want, have = model_signature(model_config), meta.get("model", {})
         diff = {k: (have.get(k), want[k]) for k in want if have.get(k) != want[k]}
         if diff:
@@ -97,8 +159,9 @@ class Checkpointer:
         """Restores the state of `step` (default latest) into the shardings of `abstract_state`."""
         step = self.latest_step() if step is None else step
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
+            restored = self._restore(step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except CheckpointCorruptError:
+            raise
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointMismatchError(
                 f"The checkpoint in {self.directory} (step {step}) does not fit the model being "
@@ -110,11 +173,60 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         # Restore onto one local device whatever topology saved it (e.g. a teacher trained on 8
         # GPUs, loaded on a laptop): give Orbax a target with the stored shapes and that sharding.
-        stored = self.manager.item_metadata(step)["state"]
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+            if stored is None:
+                raise KeyError("Unknown key: state")
+        except Exception as e:  # noqa: BLE001
+            if is_read_error(e) or isinstance(e, KeyError):
+                raise self.corrupt_error(step, e) from None
+            raise
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        restored = self._restore(step, ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored["state"]
+
+    def restore_intact(self, abstract_state, check_meta=None, log=print):
+        """(state, meta, step) of the newest step that restores completely.
+
+        Newer steps that cannot be read (`CheckpointCorruptError`) are moved aside to
+        `<workdir>/corrupt_checkpoints/<step>` (never deleted: the user decides) once an older
+        step has restored, and `log` says so. `check_meta(meta)` may raise (e.g. another model):
+        that stops the search and nothing is moved. If no step restores, nothing is moved either.
+        """
+        bad = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = self.read_meta(step)
+                if check_meta is not None:
+                    check_meta(meta)
+                state = self.restore(abstract_state, step)
+            except CheckpointCorruptError as e:
+                bad.append((step, e))
+                continue
+            for bad_step, error in bad:
+                moved = self.move_aside(bad_step)
+                log(f"warning: {error.summary} Resuming from step {step}, the newest "
+                    f"intact one; moved step {bad_step} to {moved} (delete it once you no longer need it).")
+            return state, meta, step
+        raise CheckpointCorruptError(
+            f"No checkpoint step in {self.directory} restores completely: "
+            + " ".join(e.summary for _, e in bad)
+            + " Nothing was moved or deleted; move the workdir aside to start afresh.", bad[0][0] if bad else None)
+
+    def move_aside(self, step: int) -> str:
+        """Moves step `step` out of the checkpoint directory (process 0); returns where to."""
+        target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+        if os.path.exists(target):
+            target += time.strftime("-%Y%m%d-%H%M%S")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"sa_mdrad_move_aside_{step}")
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -20,7 +20,9 @@ Re-running `train` with the same workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -90,10 +92,17 @@ def _evaluate(argv):
     from sa_mdrad_jax.evaluate import robustness
     _require("workdir")
     names = tuple(a.strip() for a in FLAGS.attacks.split(",") if a.strip())
+    if not 0 < FLAGS.eps_255 <= 255:
+        raise UsageError(f"--eps_255 must be in (0, 255]; got {FLAGS.eps_255}.")
+    for flag in ("n_points", "batch_size"):
+        if getattr(FLAGS, flag) < 1:
+            raise UsageError(f"--{flag} must be a positive integer; got {getattr(FLAGS, flag)}.")
+    config_lib.check_attack_names(names, "--attacks")   # every name, before the checkpoint is loaded
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "evaluation")
     record = robustness.evaluate_checkpoint(FLAGS.workdir, attack_names=names, n_points=FLAGS.n_points,
                                             eps=FLAGS.eps_255 / 255, batch_size=FLAGS.batch_size,
-                                            seed=FLAGS.seed, data_dir=FLAGS.data_dir, out_dir=out_dir)
+                                            seed=FLAGS.seed, data_dir=FLAGS.data_dir, out_dir=out_dir,
+                                            log=lambda m: print(m, file=sys.stderr, flush=True))
     label = f"{record['model']['name']} (step {record['step']})"
     print(robustness.markdown_table({label: record}))
     print(f"wrote {out_dir}/evaluation.{{json,md}} and robust_accuracy_vs_eps.png")
@@ -181,15 +190,31 @@ def _usage() -> str:
 
 
 def _errors():
-    from sa_mdrad_jax import data
+    from sa_mdrad_jax import data, workdir_lock
     from sa_mdrad_jax.train.loop import NonFiniteLossError
     from sa_mdrad_jax.interop import TorchCheckpointError
     return (config_lib.ConfigError, data.DatasetNotFoundError, checkpoints.CheckpointMismatchError,
-            TorchCheckpointError,
+            checkpoints.CheckpointCorruptError, workdir_lock.WorkdirLockedError, TorchCheckpointError,
             NonFiniteLossError, FileNotFoundError, ImportError)
 
 
+def _startup_sigterm(signum, frame):
+    print("SIGTERM during start-up: nothing was trained or saved; exiting.", file=sys.stderr, flush=True)
+    raise SystemExit(143)
+
+
 def run(argv: list[str] | None = None) -> None:
+    # Until the training loop installs its own handler (which checkpoints), a SIGTERM exits cleanly.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _startup_sigterm) if in_main else None
+    try:
+        _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] not in COMMANDS:
         given = argv[1] if len(argv) > 1 else None

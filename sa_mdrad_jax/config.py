@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from typing import Iterable, Sequence
 
@@ -75,6 +76,79 @@ def _require_choice(value: str, choices: Sequence[str], what: str) -> None:
         raise ConfigError(f"Unknown {what} {value!r}. Valid choices: {', '.join(sorted(choices))}.")
 
 
+def check_number(value, what: str, *, low: float | None = 0, low_open: bool = True, high: float | None = None,
+                 integer: bool = False, accepted: str = "") -> None:
+    """Raises ConfigError unless `value` is a finite number (an integer if `integer`) in the range:
+    > low (or >= low when not `low_open`), <= high. `accepted` words the range for the message."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if not accepted:
+            kind = "an integer" if integer else "a finite number"
+            bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+            accepted = kind + bound + ("" if high is None else f" and <= {high:g}")
+        raise ConfigError(f"{what} must be {accepted}; got {value!r}.")
+
+
+def check_attack_names(names: Sequence[str], what: str, *, extra: Sequence[str] = ("clean", "autoattack")) -> None:
+    """Raises ConfigError naming every unknown attack in `names` (all checked up front, used or not)."""
+    from sa_mdrad_jax import attacks
+    if isinstance(names, str):
+        names = (names,)
+    valid = list(extra) + sorted(attacks.NAMED)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(f"{what}: unknown attack(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}.")
+    if not names:
+        raise ConfigError(f"{what}: no attack given. Valid: {', '.join(valid)}.")
+
+
+def validate_numbers(config: ml_collections.ConfigDict) -> None:
+    """Range checks of every numeric field a run reads (so a typo such as epochs=0 or lr=nan
+    stops before anything is written, instead of training nothing or diverging at step 20)."""
+    t, o = config.train, config.optim
+    check_number(t.epochs, "train.epochs", integer=True, accepted="a positive integer")
+    check_number(t.batch_size, "train.batch_size", integer=True, accepted="a positive integer")
+    check_number(t.max_steps, "train.max_steps", integer=True, low_open=False,
+                 accepted="an integer >= 0 (0 = no limit)")
+    check_number(t.num_devices, "train.num_devices", integer=True, low_open=False,
+                 accepted="an integer >= 0 (0 = every device)")
+    for name in ("max_param_abs", "max_loss"):
+        if name in t:
+            check_number(t[name], f"train.{name}", low_open=False,
+                         accepted="a finite number >= 0 (0 = no bound)")
+    # 0 is accepted: it freezes the weights (e.g. to recompute BN statistics from init_from's).
+    check_number(o.lr, "optim.lr", low_open=False, accepted="a finite number >= 0")
+    check_number(o.momentum, "optim.momentum", low_open=False, high=1.0)
+    check_number(o.weight_decay, "optim.weight_decay", low_open=False)
+    check_number(o.decay, "optim.decay", accepted="a finite number > 0")
+    check_number(o.warmup_epochs, "optim.warmup_epochs", low_open=False)
+    for b in tuple(o.boundaries or ()):
+        check_number(b, "optim.boundaries (each)", low_open=False)
+    e = config.eval
+    check_number(e.batch_size, "eval.batch_size", integer=True, accepted="a positive integer")
+    check_number(e.robust_points, "eval.robust_points", integer=True, low_open=False,
+                 accepted="an integer >= 0 (0 = no robust evaluation)")
+    check_number(e.robust_every_epochs, "eval.robust_every_epochs", integer=True, accepted="a positive integer")
+    check_number(e.robust_eps, "eval.robust_eps", low_open=False, high=1.0,
+                 accepted="a finite number in [0, 1] (0 = the method's ε)")
+    c = config.checkpoint
+    check_number(c.keep, "checkpoint.keep", integer=True, accepted="a positive integer")
+    check_number(c.every_epochs, "checkpoint.every_epochs", integer=True, accepted="a positive integer")
+    check_number(config.log.every_steps, "log.every_steps", integer=True, low_open=False)
+    if "method" in config:
+        m = config.method
+        if "eps" in m:   # every method block has its training attack (method_config)
+            check_number(m.eps, "method.eps", high=1.0, accepted="a finite number in (0, 1] (pixels are in [0, 1])")
+            check_number(m.step_size, "method.step_size", accepted="a finite number > 0")
+            check_number(m.steps, "method.steps", integer=True, accepted="a positive integer")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Semantic checks of a training config; raises ConfigError with the accepted values."""
     # Imported here so `config` stays importable without pulling in JAX models.
@@ -106,13 +180,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"Method {config.method.name!r} distils from teachers: the config needs a non-empty "
                               "'teachers' block (name -> {model: {...}, workdir: <the teacher's training workdir>}).")
     _require_choice(config.optim.schedule, list(schedules.SCHEDULES), "lr schedule")
-    if config.train.batch_size <= 0:
-        raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
-    if config.eval.robust_points > 0:
-        from sa_mdrad_jax import attacks
-        _require_choice(config.eval.robust_attack, sorted(attacks.NAMED), "robust evaluation attack")
-        if config.eval.robust_every_epochs <= 0:
-            raise ConfigError(f"eval.robust_every_epochs must be positive, got {config.eval.robust_every_epochs}.")
+    validate_numbers(config)
+    # Checked whether or not robust_points > 0 switches it on: a typo should not wait for that.
+    check_attack_names(config.eval.robust_attack, "eval.robust_attack", extra=())
     _validate_selection(config)
     if config.checkpoint.best_metric.startswith("val_robust") and (
             config.eval.robust_points <= 0 or config.checkpoint.every_epochs % config.eval.robust_every_epochs):
@@ -185,6 +255,8 @@ def base_config() -> ml_collections.ConfigDict:
         num_devices=0,      # 0 = every device of every process; N > 0 = this process's first N (one process only)
         sync_bn=True,       # batch-norm statistics over the global batch
         max_steps=0,        # > 0: stop (and checkpoint) after this many steps in total
+        max_param_abs=1e6,  # divergence guard: no checkpoint of weights with |w| above this (0 = no bound)
+        max_loss=1e6,       # divergence guard: nor of an epoch whose mean training loss is above this (0 = no bound)
         init_from="",       # a workdir (trained or `sa-mdrad import-torch`ed) of the same model: start from its weights
     ))
     c.optim = ml_collections.ConfigDict(dict(

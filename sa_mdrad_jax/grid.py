@@ -39,7 +39,7 @@ from typing import Callable
 
 import ml_collections
 
-from sa_mdrad_jax import config as config_lib
+from sa_mdrad_jax import config as config_lib, workdir_lock
 
 DONE_FILE = "grid_done.json"   # written after a run's training returned: the config it finished with
 EVAL_DIR = "evaluation"
@@ -79,6 +79,10 @@ def load_grid(path: str) -> dict:
                if k not in grid]
     if missing:
         raise config_lib.ConfigError(f"Grid file {path} lacks {', '.join(missing)} (see sa_mdrad_jax/grid.py).")
+    # Checked before the first run trains, not when the first evaluation reaches them.
+    config_lib.check_attack_names(tuple(grid["evaluation"]["attacks"]), f"Grid file {path}: evaluation.attacks")
+    config_lib.check_number(grid["evaluation"]["n_points"], f"Grid file {path}: evaluation.n_points", integer=True,
+                            accepted="a positive number of test points")
     return grid
 
 
@@ -287,42 +291,18 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
             _copy(metrics, os.path.join(results_dir, "metrics", run.file_stem + ".jsonl"))
 
 
-LOCK_FILE = ".grid_lock"
+LOCK_FILE = workdir_lock.LOCK_FILE
 
 
 def acquire(workdir: str) -> bool:
-    """Claims a run for this process (several runners on one machine then share a grid's runs).
-
-    The lock file holds the owner's PID; a lock whose process is gone (killed runner) is taken over.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_FILE)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid = int(f.read().strip() or 0)
-                os.kill(pid, 0)          # raises if no such process
-                return pid == os.getpid()
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                try:
-                    os.remove(path)      # stale: its runner is gone
-                except FileNotFoundError:
-                    pass
-                continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+    """Claims a run for this process (several runners then share a grid's runs); False if another
+    live runner holds it. The workdir lock of `sa_mdrad_jax.workdir_lock` (re-entrant, so the
+    training loop, which locks its workdir too, runs under it; a dead holder's lock is taken over)."""
+    return workdir_lock.try_acquire(workdir) is None
 
 
 def release(workdir: str) -> None:
-    try:
-        os.remove(os.path.join(workdir, LOCK_FILE))
-    except FileNotFoundError:
-        pass
+    workdir_lock.release(workdir)
 
 
 def _copy(src: str, dst: str) -> None:

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sa_mdrad_jax import checkpoints, config as config_lib, data, models
+from sa_mdrad_jax import checkpoints, config as config_lib, data, models, workdir_lock
 from sa_mdrad_jax.evaluate import robustness
 from sa_mdrad_jax.train import loop
 
@@ -113,6 +113,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(f"eps must be in (0, 1] (pixels are in [0, 1]), got {config.eps}.")
     if config.robustness.n_points <= 0:
         raise config_lib.ConfigError(f"robustness.n_points must be positive, got {config.robustness.n_points}.")
+    config_lib.check_attack_names(tuple(config.robustness.attacks), "robustness.attacks")
+    config_lib.check_number(config.robustness.batch_size, "robustness.batch_size", integer=True,
+                            accepted="a positive integer")
+    config_lib.check_number(config.student.epochs, "student.epochs", integer=True, accepted="a positive integer")
+    config_lib.check_number(config.student.lr, "student.lr", low_open=False, accepted="a finite number >= 0")
+    config_lib.check_number(config.student.pgd_steps, "student.pgd_steps", integer=True,
+                            accepted="a positive integer")
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -130,8 +137,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Trains the teachers and students, evaluates all of them; returns the table's rows."""
+    """Trains the teachers and students, evaluates all of them; returns the table's rows.
+
+    The quickstart's own workdir is locked for the whole command, each run's too (by the loop).
+    """
     _check(config)
+    with workdir_lock.hold(workdir):
+        return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     t0, c0 = time.perf_counter(), time.process_time()
     runs = []   # (role, name, workdir)
     teacher_dirs = {}

@@ -24,7 +24,7 @@ def test_load_variables_can_pick_the_best_checkpoint(tmp_path):
     from sa_mdrad_jax.train import loop
     from util import tiny_config
     loop.train(tiny_config(**{"train.epochs": 2, "checkpoint.keep": 1, "dataset.validation_size": 287,
-                               "checkpoint.best_metric": "val_accuracy"}), str(tmp_path))
+                               "checkpoint.best_metric": "val_accuracy", "train.num_devices": 1}), str(tmp_path))
     ckpt = checkpoints.Checkpointer(str(tmp_path), read_only=True)
     steps = sorted(ckpt.manager.all_steps())
     accs = {s: ckpt.read_meta(s)["metrics"]["val_accuracy"] for s in steps}

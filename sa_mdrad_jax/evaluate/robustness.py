@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sa_mdrad_jax import attacks, checkpoints, data, models
-from sa_mdrad_jax.config import ConfigError
+from sa_mdrad_jax.config import ConfigError, check_attack_names, check_number
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack")
 CURVE_EPS = tuple(e / 255 for e in (0, 1, 2, 4, 8, 16))
@@ -72,6 +72,7 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
 
     Attacks are compiled once per architecture, batch size and ε in a process (`model_logits`).
     """
+    check_attack_names(attack_names, "attacks")   # all of them before the first one runs
     logits_fn = model_logits(model, variables)
     key = jax.random.PRNGKey(seed)
     result = {"accuracy": {}, "seconds": {}, "eps": eps, "n_points": int(len(x)), "seed": seed}
@@ -102,12 +103,19 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
 def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points: int = 1000, eps: float = 8 / 255,
                         batch_size: int = 200, seed: int = 0, data_dir: str | None = None, out_dir: str | None = None,
                         curve_eps=CURVE_EPS, step: int | None = None, selection: str = "final",
-                        split: str = "test") -> dict:
+                        split: str = "test", log=print) -> dict:
     """Evaluates a checkpoint of `workdir` (`step`, default the latest) on the first `n_points`
     points of `split` ('test', or 'validation': the run's own validation split, for choices made
     on it); writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
-    chosen ('final', or 'best' by the run's validation metric)."""
+    chosen ('final', or 'best' by the run's validation metric).
+
+    `n_points` above the split's size evaluates the whole split, and `log` says so.
+    """
     t0 = time.perf_counter()
+    check_number(n_points, "n_points", integer=True, accepted="a positive number of test points")
+    check_number(batch_size, "batch_size", integer=True, accepted="a positive integer")
+    check_number(eps, "eps", high=1.0, accepted="in (0, 1] (pixels are in [0, 1]; --eps_255 in (0, 255])")
+    check_attack_names(attack_names, "attacks")
     model_cfg, variables, meta = checkpoints.load_variables(workdir, step)
     model = models.get_model(**{**model_cfg, "dtype": "float32"})
     image_size = meta["image_shape"][0]
@@ -122,6 +130,9 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
         raise ConfigError(f"Unknown evaluation split {split!r}; accepted: 'test', 'validation'.")
     x, y = data.load_split(meta["dataset"], split, data_dir=data_dir, validation_size=validation_size,
                            image_size=image_size if meta["dataset"] == "digits" else None)
+    if n_points > len(x):
+        log(f"note: n_points={n_points} is more than the {len(x)} {meta['dataset']} {split} points; "
+            f"evaluating all {len(x)}.")
     x, y = x[:n_points].astype(np.float32) / 255.0, y[:n_points]
     result = evaluate_model(model, variables, x, y, attack_names=attack_names, eps=eps, batch_size=batch_size,
                             seed=seed, curve_eps=curve_eps)

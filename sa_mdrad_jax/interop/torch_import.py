@@ -79,7 +79,9 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch words it "Unsupported global: GLOBAL mod.name ..." or "unsupported GLOBAL mod.name whose
+        # module mod is blocked" (e.g. posix.system), depending on the global.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it pickles {found.group(1)})" if found else ""
         raise TorchCheckpointError(
             f"Refusing to load {path}: it contains pickled objects other than tensors and plain "

@@ -6,10 +6,12 @@ exactly. SIGTERM (preemption) saves a checkpoint at the current step before exit
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import signal
+import sys
 import time
 
 import jax
@@ -18,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models
+from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models, workdir_lock
 from sa_mdrad_jax.methods import make_method, natural_loss
 from sa_mdrad_jax.train import distill_step, input as input_lib, schedules, step as step_lib, writers
 from sa_mdrad_jax.train.state import TrainState, create_train_state
@@ -29,6 +31,10 @@ SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class DivergenceError(NonFiniteLossError):
+    """The weights or the loss left the sane range (train.max_param_abs / train.max_loss): not saved."""
 
 
 @dataclasses.dataclass
@@ -126,6 +132,8 @@ def load_teachers(config, setup: Setup):
             model_cfg, variables, meta = checkpoints.load_variables(teacher.workdir, best=True)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"Teacher {name!r}: {e}") from e
+        except checkpoints.CheckpointCorruptError as e:
+            raise checkpoints.CheckpointCorruptError(f"Teacher {name!r}: {e}", e.step, e.summary) from None
         want = checkpoints.model_signature({**model_config_of(
             ml_collections.ConfigDict({"model": teacher.model}), setup.info.num_classes)})
         have = checkpoints.model_signature(model_cfg)
@@ -140,11 +148,20 @@ def load_teachers(config, setup: Setup):
     return tuple(teacher_models), tuple(teacher_vars)
 
 
+STARTUP_SIGTERM_MESSAGE = ("SIGTERM before training started: nothing to save; exiting "
+                           "(re-run the same command to start).")
+
+
 class _Preemption:
-    """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit."""
+    """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit.
+
+    Before the loop runs (`running()`), there is nothing to save: a SIGTERM then exits at once
+    (143) with a message, releasing the workdir lock on the way out.
+    """
 
     def __init__(self):
         self.requested = False
+        self.started = False
         self._previous = None
 
     def __enter__(self):
@@ -155,7 +172,17 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
+        if not self.started:
+            print(STARTUP_SIGTERM_MESSAGE, file=sys.stderr, flush=True)
+            raise SystemExit(143)
         self.requested = True
+
+    @contextlib.contextmanager
+    def running(self):
+        # From here on a SIGTERM is only remembered: the loop checkpoints at the next step, and
+        # after the loop (final save, evaluation) the run is finishing anyway.
+        self.started = True
+        yield self
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -169,9 +196,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     `val_*`, the only ones checkpoint selection may use) and on the test split otherwise
     (`test_*`, for monitoring). With a validation split the test split is read once, at the end:
     the returned `test_accuracy` is the final model's clean test accuracy.
+
+    The config is validated and the workdir locked (`workdir_lock`, process 0) before anything
+    is loaded, compiled or written: a second run on the same workdir is refused.
     """
     distributed.maybe_initialize(config.distributed)
     config_lib.validate(config)
+    with _Preemption() as preemption, workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, preemption, quiet=quiet)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption, *, quiet: bool) -> dict:
     setup = prepare(config)
     mesh = setup.mesh
     sync_bn = config.train.sync_bn
@@ -206,8 +241,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             "method": config.method.name if "method" in config else "natural",
             "steps_per_epoch": setup.steps_per_epoch}
     if ckpt.latest_step() is not None:
-        ckpt.check_model(setup.model_config)
-        state = ckpt.restore(abstract)
+        def check_meta(stored):
+            ckpt.check_model(setup.model_config, meta=stored)
+            _check_method(stored, meta["method"], workdir)
+        state, _, _ = ckpt.restore_intact(abstract, check_meta, log=_warn)
     else:
         state = step_lib.run_once(init_state, out_shardings=replicated)
         if config.train.get("init_from"):
@@ -240,12 +277,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     test_metrics = {}
     prefix = setup.eval_name
     log_every = max(1, config.log.every_steps)
-    with _Preemption() as preemption:
+    with preemption.running():
         for epoch in range(step // setup.steps_per_epoch, -(-total_steps // setup.steps_per_epoch)):
             epoch_args = step_args(epoch)  # built once per epoch, not per step
             order = input_lib.epoch_order(state.key, jnp.int32(epoch), mesh=mesh,
                                           per_device=setup.train_split.per_device)
             window, window_start, t0 = None, step, time.perf_counter()
+            epoch_loss = [0.0, 0.0, None]   # loss sum, count, first step whose window exceeded max_loss
             end = min(setup.steps_per_epoch, total_steps - epoch * setup.steps_per_epoch)
             for i in range(step - epoch * setup.steps_per_epoch, end):
                 state, m = train_on(state, setup.train_split, order, i, *epoch_args)
@@ -253,13 +291,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                 step += 1
                 progress.update()
                 if step % log_every == 0 or i == end - 1:
-                    stats = _summarise(jax.device_get(window), step, schedule,
+                    host_window = jax.device_get(window)
+                    _track_loss(epoch_loss, host_window, step, config)
+                    stats = _summarise(host_window, step, schedule,
                                        (step - window_start), time.perf_counter() - t0,
                                        config.train.batch_size, ckpt)
                     writer.write(step, "train", stats)
                     progress.show(loss=stats["loss"], acc=stats["accuracy"], img_s=round(stats["img_per_s"]))
                     window, window_start, t0 = None, step, time.perf_counter()
                 if preemption.requested:
+                    _check_sane(config, state, step, epoch_loss, ckpt)
                     ckpt.save(step, state, {**meta, "step": step, "preempted": True}, force=True)
                     ckpt.wait()
                     progress.write(f"SIGTERM: saved checkpoint at step {step}; re-run to resume.")
@@ -277,6 +318,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             progress.write(f"epoch {epoch + 1}/{epochs}: {SPLIT_NAMES[prefix]} accuracy "
                            f"{test_metrics[f'{prefix}_accuracy']:.4f}{robust_note}")
             if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
+                _check_sane(config, state, step, epoch_loss, ckpt)
                 ckpt.save(step, state, {**meta, "step": step}, metrics=test_metrics)
     ckpt.wait()
     progress.close()
@@ -301,6 +343,63 @@ def _init_from(state: TrainState, workdir: str, setup: Setup, sharding) -> Train
             f"train.init_from={workdir!r} holds {have}, but this run trains {want}.")
     variables = jax.device_put(variables, sharding)
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_method(stored: dict, method: str, workdir: str) -> None:
+    """A workdir resumes only with the method it was trained with (the states differ in shape)."""
+    have = stored.get("method")
+    if have is not None and have != method:
+        raise checkpoints.CheckpointMismatchError(
+            f"The checkpoint in {workdir} (step {stored.get('step')}) was trained with method {have!r}, but this "
+            f"config runs {method!r}; a run cannot change its method midway. Use a new --workdir, and to start "
+            f"from its weights set --config.train.init_from={workdir}. Nothing was changed on disk.")
+
+
+@jax.jit
+def _weights_health(params, batch_stats):
+    """(max |parameter|, whether every parameter and BN statistic is finite)."""
+    leaves = jax.tree.leaves(params)
+    max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((params, batch_stats))]))
+    return max_abs, finite
+
+
+def _track_loss(epoch_loss: list, window: dict, step: int, config) -> None:
+    """Adds a logged window to the epoch's loss; remembers the first step whose window broke max_loss."""
+    epoch_loss[0] += float(window["loss_sum"])
+    epoch_loss[1] += float(window["count"])
+    bound, mean = config.train.get("max_loss", 0), float(window["loss_sum"] / window["count"])
+    if epoch_loss[2] is None and bound and math.isfinite(mean) and mean > bound:
+        epoch_loss[2] = step
+
+
+def _check_sane(config, state, step: int, epoch_loss: list, ckpt: checkpoints.Checkpointer) -> None:
+    """The divergence guard before a save: raises DivergenceError (and saves nothing) when the epoch's
+    training loss or the weights are non-finite or beyond train.max_loss / train.max_param_abs."""
+    max_loss, max_abs_bound = config.train.get("max_loss", 0), config.train.get("max_param_abs", 0)
+    max_abs, finite = (v.item() for v in jax.device_get(_weights_health(state.params, state.batch_stats)))
+    problems = []
+    loss = epoch_loss[0] / epoch_loss[1] if epoch_loss[1] else None
+    if loss is not None and (not math.isfinite(loss) or (max_loss and loss > max_loss)):
+        problems.append(f"the epoch's mean training loss is {loss:.4g} (train.max_loss={max_loss:g})")
+    if not finite or not math.isfinite(max_abs) or (max_abs_bound and max_abs > max_abs_bound):
+        problems.append(f"the largest |parameter| is {max_abs:.4g}"
+                        + ("" if finite else " and some weights are not finite")
+                        + f" (train.max_param_abs={max_abs_bound:g})")
+    if not problems:
+        return
+    ckpt.wait()
+    first = f" (the loss first exceeded train.max_loss at step {epoch_loss[2]})" if epoch_loss[2] else ""
+    safe = ckpt.latest_step()
+    where = (f"The last sane checkpoint, step {safe} in {ckpt.directory}, is kept; lower optim.lr or check the "
+             "data, then re-run the same command to resume from it." if safe is not None else
+             "No checkpoint was saved before it; lower optim.lr or check the data and start again.")
+    raise DivergenceError(f"Training diverged by step {step}{first}: {'; '.join(problems)}. No checkpoint of "
+                          f"these weights was saved. {where}")
 
 
 def _robust_evaluator(config, setup: Setup):
@@ -330,10 +429,12 @@ def _summarise(window: dict, step: int, schedule, n_steps: int, seconds: float, 
                ckpt: checkpoints.Checkpointer) -> dict:
     loss = float(window["loss_sum"] / window["count"])
     if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"The training loss became {loss} by step {step}. The last checkpoint "
-            f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or check the "
-            "data, then re-run the same command to resume from it.")
+        ckpt.wait()
+        last = ckpt.latest_step()
+        where = (f"The last checkpoint (step {last}) in {ckpt.directory} is intact; lower optim.lr or check the "
+                 "data, then re-run the same command to resume from it." if last is not None else
+                 "No checkpoint was saved before it; lower optim.lr or check the data and start again.")
+        raise NonFiniteLossError(f"The training loss became {loss} by step {step}. {where}")
     count = window["count"]
     stats = {"loss": loss, "accuracy": float(window["correct"] / count),
              "lr": float(schedule(step - 1)), "img_per_s": n_steps * batch_size / max(seconds, 1e-9)}

@@ -1,0 +1,192 @@
+"""One writer per workdir: a lock file that names its holder, with stale-lock takeover.
+
+Every command that writes into a workdir (train, distill, the quickstart's runs, a grid's runs)
+holds `<workdir>/.lock` while it runs. The file is created atomically (O_CREAT | O_EXCL) and holds
+JSON: pid, host, start time and command line of the holder. A second writer is refused with an
+error naming that process; nothing is written by the refused run.
+
+Staleness. A lock whose holder is gone is taken over:
+  * same host: the holder's pid no longer exists (`kill(pid, 0)`), at once;
+  * another host (a shared filesystem): its pid cannot be checked from here, so the holder
+    refreshes the file's mtime every HEARTBEAT_S seconds while it runs (a daemon thread), and a
+    lock whose mtime is older than STALE_AFTER_S is taken to be abandoned.
+Multi-host runs: only process 0 takes the lock (the other processes of the same run write
+nothing but their own checkpoint shards, which Orbax coordinates). The lock is re-entrant within
+a process: a grid runner that holds a run's workdir can hand it to the training loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+LOCK_FILE = ".lock"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+
+_held: dict[str, list] = {}   # abspath -> [depth, stop event]
+_guard = threading.Lock()
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process holds the workdir; nothing was written."""
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), LOCK_FILE)
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+
+
+def _read(path: str) -> dict | None:
+    """The holder recorded in `path` ({} if unreadable, e.g. half-written), None if no file."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        mtime = os.path.getmtime(path)
+    except FileNotFoundError:
+        return None
+    if text.strip().isdigit():   # an older plain-pid lock (same host)
+        holder = {"pid": int(text.strip())}
+    else:
+        try:
+            holder = json.loads(text)
+            holder = holder if isinstance(holder, dict) else {}
+        except ValueError:       # a file caught between create and write
+            holder = {}
+    return {**holder, "mtime": mtime, "raw": text}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the holder may still be running (see the module docstring for the rules)."""
+    host = holder.get("host", socket.gethostname())
+    if host != socket.gethostname():
+        return time.time() - holder["mtime"] < STALE_AFTER_S
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        # Unreadable content: a writer may be between create and write; trust a fresh file only.
+        return time.time() - holder["mtime"] < HEARTBEAT_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by another user
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    started = holder.get("started")
+    when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) if started else ""
+    cmd = f" ({holder['command']})" if holder.get("command") else ""
+    return f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}{cmd}"
+
+
+def _heartbeat(path: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:
+            return
+
+
+def try_acquire(workdir: str) -> dict | None:
+    """Takes the lock of `workdir` (creating the directory); None on success, else its live holder."""
+    path = lock_path(workdir)
+    with _guard:
+        if path in _held:
+            mine = _read(path) or {}
+            if mine.get("pid") == os.getpid() and mine.get("host") == socket.gethostname():
+                _held[path][0] += 1
+                return None
+            _held.pop(path)[1].set()   # replaced under us (judged stale elsewhere): compete afresh
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _read(path)
+                if holder is None:
+                    continue                      # released meanwhile: try again
+                if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                    holder = None                 # ours from before (e.g. a re-used pid): take it back
+                elif _alive(holder):
+                    return holder
+                _take_over(path, holder)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(_me(), f)
+            stop = threading.Event()
+            threading.Thread(target=_heartbeat, args=(path, stop), daemon=True,
+                             name="workdir-lock-heartbeat").start()
+            _held[path] = [1, stop]
+            return None
+        return _read(path) or {}
+
+
+def _take_over(path: str, holder: dict | None) -> None:
+    """Removes a stale lock, unless another process replaced it since we read it."""
+    aside = f"{path}.stale.{os.getpid()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    with open(aside) as f:
+        if holder is not None and f.read() != holder["raw"]:
+            try:   # not the file we judged: put it back (fails if yet another one appeared)
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+    os.remove(aside)
+
+
+def acquire(workdir: str) -> None:
+    """Takes the lock or raises WorkdirLockedError naming the process that holds it."""
+    holder = try_acquire(workdir)
+    if holder is not None:
+        raise WorkdirLockedError(
+            f"Workdir {os.path.abspath(workdir)} is in use by {describe(holder)}. Wait for it to finish "
+            "or use another --workdir. A lock whose process has died is taken over automatically "
+            f"(another host's once it is {STALE_AFTER_S:.0f} s old); if you are sure nothing runs there, "
+            f"delete {lock_path(workdir)}. Nothing was written.")
+
+
+def release(workdir: str) -> None:
+    path = lock_path(workdir)
+    with _guard:
+        entry = _held.get(path)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] > 0:
+            return
+        entry[1].set()
+        del _held[path]
+        mine = _read(path) or {}
+        if mine.get("pid") == os.getpid() and mine.get("host") == socket.gethostname():
+            try:   # (never another process's lock, should ours have been judged stale and taken over)
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+class hold:
+    """`with hold(workdir, enabled=jax.process_index() == 0):` — acquire on entry, release on exit."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.workdir, self.enabled = workdir, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            acquire(self.workdir)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            release(self.workdir)
