@@ -2,6 +2,7 @@
 
   sa-mdrad quickstart --workdir=workdir/quickstart      # a small robust model to attack
   python experiments/bench_autoattack.py --workdir=workdir/quickstart/students/pgd_at --n_points=100 --reps=2
+  python experiments/bench_autoattack.py --synthetic=resnet18 --n_points=10000 --batch=2500 --eps_255=8 --reps=1
 
 Runs `attacks.autoattack` (the standard version, in full) on the first `--n_points` test images of
 the checkpoint's dataset, `--reps` + 1 times with the same key and the same jitted logits function
@@ -24,7 +25,11 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "Training workdir of the checkpoint to attack.", required=True)
+flags.DEFINE_string("workdir", None, "Training workdir of the checkpoint to attack (or --synthetic).")
+flags.DEFINE_string("synthetic", "", "Instead of a checkpoint: this zoo model, randomly initialised, on random "
+                    "images labelled with its own predictions (clean accuracy 100%), e.g. resnet18.")
+flags.DEFINE_integer("image_size", 32, "Image size of --synthetic data.")
+flags.DEFINE_integer("num_classes", 10, "Classes of the --synthetic model.")
 flags.DEFINE_integer("n_points", 100, "First n test points.")
 flags.DEFINE_integer("batch", 0, "AutoAttack chunk size (0: all points in one chunk).")
 flags.DEFINE_float("eps_255", 32.0, "L∞ ε in units of 1/255.")
@@ -42,13 +47,27 @@ def main(argv):
 
     from sa_mdrad_jax import attacks, checkpoints, data, models
 
-    model_cfg, variables, meta = checkpoints.load_variables(FLAGS.workdir)
-    model = models.get_model(**{**model_cfg, "dtype": "float32"})
-    size = meta["image_shape"][0]
-    x, y = data.load_split(meta["dataset"], "test", image_size=size if meta["dataset"] == "digits" else None)
-    x, y = x[:FLAGS.n_points].astype(np.float32) / 255.0, y[:FLAGS.n_points]
+    if bool(FLAGS.workdir) == bool(FLAGS.synthetic):
+        raise app.UsageError("Give exactly one of --workdir (a checkpoint) and --synthetic (a zoo model name).")
+    if FLAGS.synthetic:
+        model_cfg = {"name": FLAGS.synthetic, "num_classes": FLAGS.num_classes, "width": 1.0}
+        model = models.get_model(**model_cfg)
+        size = FLAGS.image_size
+        variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))()
+        meta = {"dataset": f"synthetic {size}x{size}", "method": "random init", "image_shape": [size, size, 3]}
+        x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (FLAGS.n_points, size, size, 3)))
+    else:
+        model_cfg, variables, meta = checkpoints.load_variables(FLAGS.workdir)
+        model = models.get_model(**{**model_cfg, "dtype": "float32"})
+        size = meta["image_shape"][0]
+        x, y = data.load_split(meta["dataset"], "test", image_size=size if meta["dataset"] == "digits" else None)
+        x, y = x[:FLAGS.n_points].astype(np.float32) / 255.0, y[:FLAGS.n_points]
     variables = jax.device_get(variables)
     logits_fn = jax.jit(lambda z: model.apply(variables, z, train=False)[0])   # one object: jit cache reused
+    if FLAGS.synthetic:   # its own predictions as labels: every point starts correctly classified
+        chunk = FLAGS.batch or 1000
+        y = np.concatenate([np.asarray(jnp.argmax(logits_fn(jnp.asarray(x[i:i + chunk])), -1))
+                            for i in range(0, len(x), chunk)])
     eps = FLAGS.eps_255 / 255
     key = jax.random.PRNGKey(FLAGS.seed)
     runs = []
@@ -66,7 +85,8 @@ def main(argv):
     first = {**runs[0]["seconds"], "total": runs[0]["total_seconds"]}
     n = len(x)
     result = {
-        "model": model_cfg, "checkpoint": os.path.relpath(FLAGS.workdir), "method": meta.get("method"),
+        "model": model_cfg, "checkpoint": os.path.relpath(FLAGS.workdir) if FLAGS.workdir else "synthetic",
+        "method": meta.get("method"),
         "dataset": meta["dataset"], "image_size": size, "eps": eps, "n_points": n,
         "batch": FLAGS.batch or n, "reps": FLAGS.reps,
         "clean_accuracy": runs[0]["clean_accuracy"], "robust_accuracy": runs[0]["robust_accuracy"],

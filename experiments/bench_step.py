@@ -41,6 +41,8 @@ FLAGS = flags.FLAGS
 
 def bench_model(name: str) -> dict:
     """Times one student with experiments/bench_suite.py's `time_step` (the same measurement)."""
+    import jax
+
     from bench_suite import time_step
     spec = dict(method=FLAGS.method, model=name, width=FLAGS.width, teachers=list(FLAGS.teachers),
                 teacher_width=FLAGS.teacher_width, batch=FLAGS.batch, dtype=FLAGS.dtype, image_size=FLAGS.image_size,
@@ -72,5 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import jax
     app.run(main)

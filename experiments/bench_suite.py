@@ -42,28 +42,34 @@ sys.path.insert(0, ROOT)
 
 ALL_METHODS = ("natural", "pgd_at", "trades", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
 
-flags.DEFINE_list("methods", list(ALL_METHODS), "Method labels ('name+term' enables a composable term).")
-flags.DEFINE_list("models", ["resnet_tiny"], "Student models (zoo names).")
-flags.DEFINE_float("width", 1.0, "Student channel multiplier.")
-flags.DEFINE_list("teachers", ["resnet18", "wrn16_4"], "Teachers: SA-MDRAD uses all; single-teacher methods "
-                  "the first; MTARD the first (robust) and second (natural).")
-flags.DEFINE_float("teacher_width", 0.25, "Teacher channel multiplier.")
-flags.DEFINE_list("batches", ["32"], "Global batch sizes.")
-flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (model.dtype): float32, bfloat16.")
-flags.DEFINE_list("devices", ["1"], "Device counts (CPU: simulated with XLA_FLAGS in the subprocess).")
-flags.DEFINE_integer("image_size", 8, "Square image size.")
-flags.DEFINE_integer("num_classes", 10, "Classes.")
-flags.DEFINE_integer("pgd_steps", 10, "PGD steps K of the training attack.")
-flags.DEFINE_integer("steps", 3, "Steps per timed repetition.")
-flags.DEFINE_integer("reps", 3, "Timed repetitions.")
-flags.DEFINE_bool("compare_unroll", False, "Also time each PGD method with the attack loop fully unrolled.")
-flags.DEFINE_bool("compare_dtype", False, "Also time each configuration in the other dtype (fp32 <-> bf16).")
-flags.DEFINE_bool("autoattack", False, "Also run experiments/bench_autoattack.py (AutoAttack wall time).")
-flags.DEFINE_string("autoattack_args", "", "Extra flags for bench_autoattack.py (space-separated).")
-flags.DEFINE_integer("matmul_n", 0, "Matmul ceiling size n (n×n @ n×n); 0 = 2048 on CPU, 8192 on GPU/TPU.")
-flags.DEFINE_string("out", "experiments/results/bench_suite_cpu.json", "Results JSON.")
-flags.DEFINE_string("md", "", "Also write the Markdown table here.")
-flags.DEFINE_string("worker", "", "(internal) JSON spec of one configuration to time in this process.")
+
+def define_flags():
+    """The driver's flags. Defined only when this file runs as a script, so that importing it for
+    `time_step` (experiments/bench_step.py, device_check) does not clash with the importer's flags."""
+    flags.DEFINE_list("methods", list(ALL_METHODS), "Method labels ('name+term' enables a composable term).")
+    flags.DEFINE_list("models", ["resnet_tiny"], "Student models (zoo names).")
+    flags.DEFINE_float("width", 1.0, "Student channel multiplier.")
+    flags.DEFINE_list("teachers", ["resnet18", "wrn16_4"], "Teachers: SA-MDRAD uses all; single-teacher methods "
+                      "the first; MTARD the first (robust) and second (natural).")
+    flags.DEFINE_float("teacher_width", 0.25, "Teacher channel multiplier.")
+    flags.DEFINE_list("batches", ["32"], "Global batch sizes.")
+    flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (model.dtype): float32, bfloat16.")
+    flags.DEFINE_list("devices", ["1"], "Device counts (CPU: simulated with XLA_FLAGS in the subprocess).")
+    flags.DEFINE_integer("image_size", 8, "Square image size.")
+    flags.DEFINE_integer("num_classes", 10, "Classes.")
+    flags.DEFINE_integer("pgd_steps", 10, "PGD steps K of the training attack.")
+    flags.DEFINE_integer("steps", 3, "Steps per timed repetition.")
+    flags.DEFINE_integer("reps", 3, "Timed repetitions.")
+    flags.DEFINE_bool("compare_unroll", False, "Also time each PGD method with the attack loop fully unrolled.")
+    flags.DEFINE_bool("compare_dtype", False, "Also time each configuration in the other dtype (fp32 <-> bf16).")
+    flags.DEFINE_bool("autoattack", False, "Also run experiments/bench_autoattack.py (AutoAttack wall time).")
+    flags.DEFINE_string("autoattack_args", "", "Extra flags for bench_autoattack.py (space-separated).")
+    flags.DEFINE_integer("matmul_n", 0, "Matmul ceiling size n (n×n @ n×n); 0 = 2048 on CPU, 8192 on GPU/TPU.")
+    flags.DEFINE_string("out", "experiments/results/bench_suite_cpu.json", "Results JSON.")
+    flags.DEFINE_string("md", "", "Also write the Markdown table here.")
+    flags.DEFINE_string("worker", "", "(internal) JSON spec of one configuration to time in this process.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -107,6 +113,9 @@ def build_step(spec: dict):
 
     mesh = step_lib.make_mesh()
     n_dev = mesh.devices.size
+    # The state placed as the loop places it (replicated over the mesh): the step's output state has
+    # this sharding, so an input state without it would compile the step a second time.
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     image_shape = (spec["image_size"], spec["image_size"], 3)
     model = models.get_model(spec["model"], num_classes=spec["num_classes"], width=spec["width"],
                              dtype=spec["dtype"], bn_axis_name=step_lib.DATA)
@@ -121,7 +130,8 @@ def build_step(spec: dict):
     name, *terms = spec["method"].split("+")
     if name == "natural":
         method, teacher_names, step_args = None, [], ()
-        state = jax.jit(functools.partial(loop._initial_state, model, tx, image_shape, 0))()
+        state = jax.jit(functools.partial(loop._initial_state, model, tx, image_shape, 0),
+                        out_shardings=replicated)()
         train_step = step_lib.make_train_step(functools.partial(natural_loss, model), tx, mesh)
         teacher_flops = []
     else:
@@ -144,7 +154,8 @@ def build_step(spec: dict):
                 distill_step.feature_shapes(model, image_shape),
                 [distill_step.feature_shapes(t, image_shape) for t in teachers], stages=method.feature_stages,
                 axis_name=step_lib.DATA)
-        state = jax.jit(functools.partial(loop._initial_state, model, tx, image_shape, 0, connectors, method))()
+        state = jax.jit(functools.partial(loop._initial_state, model, tx, image_shape, 0, connectors, method),
+                        out_shardings=replicated)()
         train_step = distill_step.make_distill_step(method, model, teachers, tx, mesh, eps=mcfg.eps,
                                                     step_size=mcfg.step_size, steps=mcfg.steps,
                                                     connectors=connectors)
@@ -183,10 +194,11 @@ def time_step(spec: dict) -> dict:
         jax.block_until_ready((state, m))
         rates.append(spec["steps"] * spec["batch"] / (time.perf_counter() - t0))
     median = float(statistics.median(rates))
+    compilations = train_on._cache_size()   # 1 unless a later call recompiled the step
     peak, peak_kind = peak_memory()
     return {**spec, **info, "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
             "img_per_s_median": median, "img_per_s_min": float(min(rates)), "img_per_s_max": float(max(rates)),
-            "compile_plus_first_step_s": compile_s,
+            "compile_plus_first_step_s": compile_s, "step_compilations": compilations,
             "achieved_tflop_per_s": info["step_gflop_per_image"] * median / 1e3,
             "peak_memory_gib": peak, "peak_memory_kind": peak_kind, "finite_loss": bool(np.isfinite(
                 float(np.asarray(m["loss_sum"]).sum())))}
@@ -337,4 +349,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -32,16 +32,27 @@ import sys
 import textwrap
 import types
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
 
-from sa_mdrad_jax.config import method_config
-from sa_mdrad_jax.methods import make_method
-from sa_mdrad_jax.methods.base import Outputs, StepContext
-from sa_mdrad_jax.train.distill_step import adversarial_examples, attack_student
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official", required=True, help="directory with the official checkouts")
+    parser.add_argument("--out", default="", help="write the records as JSON here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()   # --help and usage errors answer here, before JAX and torch are imported
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sa_mdrad_jax.config import method_config  # noqa: E402
+from sa_mdrad_jax.methods import make_method  # noqa: E402
+from sa_mdrad_jax.methods.base import Outputs, StepContext  # noqa: E402
+from sa_mdrad_jax.train.distill_step import adversarial_examples, attack_student  # noqa: E402
 
 B, C, D, H = 16, 10, 8 * 8 * 3, 16
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
@@ -381,11 +392,7 @@ def iad(root, x, y, variables, teachers, epoch=60):
         "official": "ZFancy/IAD IAD-I.py AttackPGD + train() loss lines", "ours": "methods/iad.py, tau=30, kl_scale=1"})
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official", required=True, help="directory with the official checkouts")
-    parser.add_argument("--out", default="", help="write the records as JSON here")
-    args = parser.parse_args()
+def main(args):
     cpu_only()
     jax.config.update("jax_default_matmul_precision", "highest")
     torch.set_num_threads(1)
@@ -403,4 +410,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

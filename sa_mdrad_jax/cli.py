@@ -65,12 +65,39 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
                       "runs, or a minimal one that only checks the wiring (sanity).",
                       flag_values=fv)
     flags.DEFINE_bool("best", False, "Check the best checkpoint instead of the latest (sanity).", flag_values=fv)
+    flags.DEFINE_string("compilation_cache_dir", default_compilation_cache_dir(),
+                        "JAX's persistent compilation cache: a re-run, a resumed run or the evaluation of "
+                        "another checkpoint of the same architecture loads its compiled programs from here "
+                        "instead of compiling them again. '' turns it off. Default: $XDG_CACHE_HOME (or "
+                        "~/.cache)/sa_mdrad_jax/jax_cache.", flag_values=fv)
     flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
                       "absl/Orbax log level (Orbax logs every save at info).", flag_values=fv)
     return fv
 
 
 FLAGS: flags.FlagValues | None = None
+
+
+def default_compilation_cache_dir() -> str:
+    """$XDG_CACHE_HOME/sa_mdrad_jax/jax_cache, ~/.cache/... when XDG_CACHE_HOME is unset."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "sa_mdrad_jax", "jax_cache")
+
+
+def configure_compilation_cache(directory: str) -> None:
+    """Points JAX's persistent compilation cache at `directory` ('' or None: off).
+
+    Programs that compile in under a second are not stored (JAX's default threshold)."""
+    import jax
+    directory = os.path.abspath(os.path.expanduser(directory)) if directory else None
+    if jax.config.jax_compilation_cache_dir == directory:
+        return
+    jax.config.update("jax_compilation_cache_dir", directory)
+    try:   # the cache binds to its directory on first use: rebind (a process calling run() twice)
+        from jax._src import compilation_cache
+        compilation_cache.reset_cache()
+    except (ImportError, AttributeError):
+        pass
 
 
 def _train(argv):
@@ -243,6 +270,7 @@ def _run(argv: list[str] | None = None) -> None:
     if not flags.FLAGS.is_parsed():  # absl's own flags: defaults (avoids "logging before flag parsing")
         flags.FLAGS.mark_as_parsed()
     logging.set_verbosity(FLAGS.log_level)
+    configure_compilation_cache(FLAGS.compilation_cache_dir)
     try:
         COMMANDS[command](remaining)
     except UsageError as e:

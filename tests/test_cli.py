@@ -173,3 +173,19 @@ def test_two_processes_match_one_process_with_the_same_mesh(tmp_path):
     assert int(a["step"]) == int(b["step"]) == 2
     assert_trees_equal(a["params"], b["params"], atol=1e-6)
     assert_trees_equal(a["batch_stats"], b["batch_stats"], atol=1e-6)
+
+
+def test_compilation_cache_dir_flag_sets_jax_config(tmp_path, monkeypatch, capsys):
+    import jax
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    try:
+        # The flag is applied before the command runs (here: one that stops at a missing flag).
+        _cli_error(capsys, "evaluate")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "sa_mdrad_jax" / "jax_cache")
+        _cli_error(capsys, "evaluate", f"--compilation_cache_dir={tmp_path / 'mine'}")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        _cli_error(capsys, "evaluate", "--compilation_cache_dir=")
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        cli.configure_compilation_cache(before or "")

@@ -50,9 +50,11 @@ def model_logits(model, variables) -> jax.tree_util.Partial:
     return jax.tree_util.Partial(_eval_apply(model), jax.device_put(jax.device_get(variables)))
 
 
-@functools.partial(jax.jit, static_argnames=("attack", "eps"))
-def _correct_after(logits_fn, x, y, key, *, attack, eps):
-    """[B] bool: is each point still classified correctly after `attack` (None: the clean image)?"""
+@functools.partial(jax.jit, static_argnames=("attack",))
+def _correct_after(logits_fn, x, y, key, eps, *, attack):
+    """[B] bool: is each point still classified correctly after `attack` (None: the clean image)?
+
+    `eps` is traced: one compilation per attack serves every radius (the ε curve)."""
     if attack is not None:
         x = attack(logits_fn, x, y, key, eps=eps)
     return jnp.argmax(logits_fn(x), -1) == y
@@ -61,8 +63,9 @@ def _correct_after(logits_fn, x, y, key, *, attack, eps):
 def robust_accuracy(logits_fn, attack, x, y, key, *, eps: float, batch_size: int) -> float:
     """Accuracy under a named-style attack(logits_fn, x, y, key, *, eps) (None: clean accuracy)."""
     logits_fn = attacks.as_partial(logits_fn)
+    eps = jnp.float32(eps)
     return float(np.mean(_batched(lambda xb, yb, i: _correct_after(logits_fn, xb, yb, jax.random.fold_in(key, i),
-                                                                   attack=attack, eps=float(eps)),
+                                                                   eps, attack=attack),
                                   x, y, batch_size)))
 
 
@@ -70,7 +73,8 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
                    eps: float = 8 / 255, batch_size: int = 200, seed: int = 0, curve_eps=CURVE_EPS) -> dict:
     """{'accuracy': {name: acc}, 'autoattack': report, 'curve': {eps: acc under pgd20}, 'seconds': ...}.
 
-    Attacks are compiled once per architecture, batch size and ε in a process (`model_logits`).
+    Attacks are compiled once per architecture and batch size in a process (`model_logits`), for
+    every ε (traced).
     """
     check_attack_names(attack_names, "attacks")   # all of them before the first one runs
     logits_fn = model_logits(model, variables)
