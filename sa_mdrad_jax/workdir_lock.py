@@ -177,14 +177,30 @@ def release(workdir: str) -> None:
 
 
 class hold:
-    """`with hold(workdir, enabled=jax.process_index() == 0):` — acquire on entry, release on exit."""
+    """`with hold(workdir, enabled=jax.process_index() == 0):` — acquire on entry, release on exit.
 
-    def __init__(self, workdir: str, enabled: bool = True):
-        self.workdir, self.enabled = workdir, enabled
+    `broadcast(refused: bool) -> bool` (multi-process runs: process 0's value to every process)
+    makes every process of the run agree: when process 0 is refused, all of them raise, instead of
+    the others waiting at their first collective for a process that has stopped.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, broadcast=None):
+        self.workdir, self.enabled, self.broadcast = workdir, enabled, broadcast
 
     def __enter__(self):
+        error = None
         if self.enabled:
-            acquire(self.workdir)
+            try:
+                acquire(self.workdir)
+            except WorkdirLockedError as e:
+                error = e
+        if self.broadcast is not None and bool(self.broadcast(error is not None)) and error is None:
+            if self.enabled:
+                release(self.workdir)
+            raise WorkdirLockedError(f"Workdir {os.path.abspath(self.workdir)} is in use: process 0 of this run "
+                                     "was refused its lock (its error names the holder). Nothing was written.")
+        if error is not None:
+            raise error
         return self
 
     def __exit__(self, *exc):

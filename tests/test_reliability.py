@@ -333,3 +333,20 @@ def test_pickle_refusal_names_the_global_it_found(tmp_path):
     torch.save({"linear.weight": torch.zeros(2), "extra": Payload()}, path)
     with pytest.raises(interop.TorchCheckpointError, match=r"it pickles posix\.system"):
         interop.read_state_dict(str(path))
+
+
+def test_every_process_is_refused_when_process_0_is(tmp_path):
+    """Multi-process runs: process 0 holds the lock; when it is refused, the broadcast makes the other
+    processes raise too (instead of waiting at a collective for it), and they take no lock themselves."""
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with open(workdir_lock.lock_path(workdir), "w") as f:
+        json.dump({"pid": os.getppid(), "host": socket.gethostname(), "started": 0, "command": "other run"}, f)
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="other run"):   # process 0
+        with workdir_lock.hold(workdir, enabled=True, broadcast=lambda refused: refused):
+            pass
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="process 0 of this run was refused"):   # process 1
+        with workdir_lock.hold(workdir, enabled=False, broadcast=lambda refused: True):
+            pass
+    with workdir_lock.hold(workdir, enabled=False, broadcast=lambda refused: False):   # process 0 got it
+        assert json.load(open(workdir_lock.lock_path(workdir)))["command"] == "other run"   # untouched

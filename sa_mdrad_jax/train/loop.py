@@ -202,7 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     """
     distributed.maybe_initialize(config.distributed)
     config_lib.validate(config)
-    with _Preemption() as preemption, workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    with _Preemption() as preemption, workdir_lock.hold(workdir, enabled=jax.process_index() == 0,
+                                                          broadcast=_process0_says):
         return _train(config, workdir, preemption, quiet=quiet)
 
 
@@ -343,6 +344,14 @@ def _init_from(state: TrainState, workdir: str, setup: Setup, sharding) -> Train
             f"train.init_from={workdir!r} holds {have}, but this run trains {want}.")
     variables = jax.device_put(variables, sharding)
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _process0_says(flag: bool) -> bool | None:
+    """Process 0's `flag` on every process (None on a single process: nothing to agree on)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def _warn(message: str) -> None:
