@@ -40,9 +40,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-ALL_METHODS = ("natural", "pgd_at", "trades", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
 
-flags.DEFINE_list("methods", list(ALL_METHODS), "Method labels ('name+term' enables a composable term).")
+
+def default_methods() -> list[str]:
+    """'natural' and every method registered with `benchmark=True` (with its grid terms)."""
+    from sa_mdrad_jax.grid_presets import method_labels
+    return list(method_labels(benchmark=True))
+
+
+flags.DEFINE_list("methods", default_methods(), "Method labels ('name+term' enables a composable term).")
 flags.DEFINE_list("models", ["resnet_tiny"], "Student models (zoo names).")
 flags.DEFINE_float("width", 1.0, "Student channel multiplier.")
 flags.DEFINE_list("teachers", ["resnet18", "wrn16_4"], "Teachers: SA-MDRAD uses all; single-teacher methods "
@@ -81,12 +87,14 @@ def peak_memory() -> tuple[float, str]:
 
 
 def teachers_for(method, names: list[str]) -> list[str]:
-    """Which of the given teachers a method distils from (see --teachers)."""
+    """Which of the given teachers a method distils from (see --teachers), by its registered teacher kind."""
+    from sa_mdrad_jax.methods import method_spec
     if not method.uses_teachers:
         return []
-    if method.name.startswith("sa_mdrad"):
+    kind = method_spec(method.name.split("+")[0]).teachers
+    if kind == "natural":
         return list(names)
-    if method.name.startswith("mtard"):
+    if kind == "robust+natural":
         return list(names[:2])
     return list(names[:1])
 

@@ -265,11 +265,32 @@ def attack_loss(kind: str, *, target_opts: dict, tau: float):
 
 
 # --- registration ------------------------------------------------------------------------------
+DEFAULTS = dict(
+    attack_loss="ce",          # 'ce' | 'kl_fused_clean' | 'trades' | 'kl_fused_adv'
+    attack_tau=0.0,            # temperature of the KL attack losses; 0 = tau (target exactly p̄)
+    attack_init="normal",      # 0.001·N(0, I) start, the RSLAD/MTARD recipe
+    teacher_input_adv="adv",   # 'adv' | 'clean' | 'hybrid'
+    weighting="ca",            # 'ca' | 'uniform' | 'softmax_neg_ce'
+    weight_temperature=1.0,
+    rectify="swap",            # 'swap' | 'none' | 'soft' | 'drop'
+    rho=0.5,                   # 'soft' mixing weight
+    tau=4.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6,
+    branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
+    balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
+    beta=1.0,                  # feature term weight (0 = logits only)
+    gamma=0.0,                 # CE(s_adv, y) weight
+    feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
+    feature_distance="mse",    # 'mse' | 'normalized_mse'
+    feature_target="nat",      # teacher features from x ('nat') or x' ('adv')
+    feature_warmup_epochs=1,
+)
+
+
 def _register():
     from sa_mdrad_jax.methods.base import Method, Outputs, check_choice, register
     from sa_mdrad_jax.methods.mtard import balance_method_hooks
 
-    @register("sa_mdrad")
+    @register("sa_mdrad", defaults=DEFAULTS, teachers="natural", schedule_of="rslad", quickstart=True)
     def make(config, teacher_names=None) -> Method:
         """SA-MDRAD from `config` (the `method` block; every option of methods.md §2)."""
         del teacher_names
