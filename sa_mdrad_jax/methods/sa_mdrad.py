@@ -13,9 +13,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from sa_mdrad_jax.methods.losses import kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
+from sa_mdrad_jax.losses import cross_entropy, kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
+from sa_mdrad_jax.methods.trades import trades_inner
 
 RECTIFY = ("swap", "none", "soft", "drop")
 WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
@@ -46,7 +46,7 @@ def is_wrong(logits: jax.Array, y: jax.Array) -> jax.Array:
 # --- weighting (from RAW logits, before rectification) -----------------------------------------
 def per_teacher_ce(t: jax.Array, y: jax.Array) -> jax.Array:
     """[K, B] cross-entropy of each teacher on each sample."""
-    return optax.softmax_cross_entropy_with_integer_labels(t, jnp.broadcast_to(y, t.shape[:-1]))
+    return cross_entropy(t, jnp.broadcast_to(y, t.shape[:-1]))
 
 
 def caw(t: jax.Array, y: jax.Array) -> jax.Array:
@@ -221,7 +221,7 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     if teacher_feats:
         f_adv = staged_feature_loss(mapped_adv, teacher_feats, w_nat, feature_distance_kind)
         f_nat = staged_feature_loss(mapped_nat, teacher_feats, w_nat, feature_distance_kind)
-    ce_adv = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(s_adv, y))
+    ce_adv = jnp.mean(cross_entropy(s_adv, y))
     b = beta * feature_weight
     loss = lambda_adv * (kl_adv + b * f_adv) + lambda_nat * (kl_nat + b * f_nat) + gamma * ce_adv
     terms = {"kl_adv": kl_adv, "kl_nat": kl_nat, "feat_adv": f_adv, "feat_nat": f_nat, "ce_adv": ce_adv,
@@ -246,14 +246,14 @@ def attack_loss(kind: str, *, target_opts: dict, tau: float):
     `tau` is the temperature of target and student in the KL-based attacks.
     """
     if kind == "ce":
-        return lambda c: optax.softmax_cross_entropy_with_integer_labels(c.s, c.y), ()
+        return lambda c: cross_entropy(c.s, c.y), ()
     if kind == "kl_fused_clean":
         def inner(c):
             p, _ = sample_adaptive_target(c.t_nat, c.y, **{**target_opts, "tau": tau})
             return kl_per_example(p, c.s, tau)
         return inner, ("t_nat",)
     if kind == "trades":
-        return lambda c: kl_per_example(jax.nn.softmax(c.s_nat, axis=-1), c.s), ("s_nat",)
+        return trades_inner, ("s_nat",)
     if kind == "kl_fused_adv":
         def inner(c):
             t = c.teachers(c.z)                     # [K,B,C], gradient w.r.t. z
