@@ -110,7 +110,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"train.batch_size must be positive, got {config.train.batch_size}.")
     if config.eval.robust_points > 0:
         from sa_mdrad_jax import attacks
-        _require_choice(config.eval.robust_attack, sorted(attacks.NAMED), "robust evaluation attack")
+        try:  # a registered attack or a spec string, looked up in the registry now
+            attacks.resolve(config.eval.robust_attack)
+        except attacks.AttackSpecError as e:
+            raise ConfigError(f"eval.robust_attack: {e}") from None
         if config.eval.robust_every_epochs <= 0:
             raise ConfigError(f"eval.robust_every_epochs must be positive, got {config.eval.robust_every_epochs}.")
     _validate_selection(config)
@@ -191,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=500,
         robust_points=0,          # > 0: each per-epoch robust evaluation attacks about this many points of the
                                   # evaluation split (validation if dataset.validation_size > 0, else test)
-        robust_attack="pgd20",    # a named attack of evaluation.md (sa_mdrad_jax.attacks.NAMED)
+        robust_attack="pgd20",    # a registered attack (sa_mdrad_jax.attacks.NAMED) or a spec 'pgd:steps=50,restarts=2'
         robust_eps=0.0,           # 0 = the method's training ε (8/255 for natural training)
         robust_every_epochs=1,
     ))
