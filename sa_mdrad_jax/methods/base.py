@@ -101,6 +101,9 @@ class Method:
     init_state() -> pytree; state_inputs(out) -> {name: scalar} (averaged over the global batch,
         no gradient); update_state(state, inputs, step_ctx) -> state. The step applies the update
         before the outer loss, so `out.state` is this step's state (MTARD's order).
+    diagnostics(terms) -> {name: array}: method-specific per-step metrics from the outer loss's
+        terms, each a sum over this device's batch (the step sums them over devices; the loop
+        divides names ending in '_sum' by the example count). SA-MDRAD: its teacher weights.
     """
     name: str
     outer_loss: Callable[[Outputs], tuple[jax.Array, dict]]
@@ -119,6 +122,7 @@ class Method:
     init_state: Callable[[], Any] | None = None
     state_inputs: Callable[[Outputs], dict] | None = None
     update_state: Callable[[Any, dict, StepContext], Any] | None = None
+    diagnostics: Callable[[dict], dict] | None = None   # terms -> {metric: this device's batch sum}
 
     def __post_init__(self):
         if self.attack_bn not in ATTACK_BN:

@@ -10,12 +10,12 @@ Shapes: teacher logits `t` are [K, B, C] (teacher-major), labels `y` [B], weight
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sa_mdrad_jax.losses import cross_entropy, kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
 from sa_mdrad_jax.methods.trades import trades_inner
+from sa_mdrad_jax.train.connectors import Connector  # noqa: F401  (re-exported: r_k lives with the step's feature plumbing)
 
 RECTIFY = ("swap", "none", "soft", "drop")
 WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
@@ -161,31 +161,6 @@ def staged_feature_loss(mapped, teacher_feats, w: jax.Array, kind: str = "mse") 
     return sum(feature_loss(m, f, w, kind) for m, f in zip(mapped, teacher_feats)) / len(mapped)
 
 
-# --- connectors --------------------------------------------------------------------------------
-class Connector(nn.Module):
-    """r_k: student map -> teacher map shape. Resize (average pooling when shrinking, bilinear
-    when enlarging), then 1×1 conv C_S→C_k, BatchNorm, ReLU (methods.md §2)."""
-    out_channels: int
-    out_size: tuple[int, int]
-    axis_name: str | None = None  # sync BN statistics over this mesh axis (like the student)
-
-    @nn.compact
-    def __call__(self, f: jax.Array, train: bool) -> jax.Array:
-        h, w = f.shape[1:3]
-        th, tw = self.out_size
-        if (h, w) != (th, tw):
-            if h % th == 0 and w % tw == 0 and h >= th and w >= tw:
-                f = nn.avg_pool(f, (h // th, w // tw), strides=(h // th, w // tw))
-            elif h >= th and w >= tw:  # shrinking by a non-integer factor: area-style resize
-                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "linear", antialias=True)
-            else:
-                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "bilinear", antialias=False)
-        f = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="conv")(f)
-        f = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name,
-                         name="bn")(f)
-        return nn.relu(f)
-
-
 # --- the outer loss ----------------------------------------------------------------------------
 TEACHER_INPUTS = ("adv", "clean", "hybrid")
 
@@ -265,6 +240,14 @@ def attack_loss(kind: str, *, target_opts: dict, tau: float):
 
 
 # --- registration ------------------------------------------------------------------------------
+def weight_diagnostics(terms: dict) -> dict:
+    """Per-step sums of the adversarial branch's teacher weights w [K,B] (methods.md §2 logs): per
+    teacher, and of their entropy."""
+    w = terms["w_adv"]
+    entropy = -jnp.sum(w * jnp.log(jnp.clip(w, 1e-12)), axis=0)          # [B]
+    return {"w_adv_sum": jnp.sum(w, axis=1), "w_adv_entropy_sum": jnp.sum(entropy)}
+
+
 DEFAULTS = dict(
     attack_loss="ce",          # 'ce' | 'kl_fused_clean' | 'trades' | 'kl_fused_adv'
     attack_tau=0.0,            # temperature of the KL attack losses; 0 = tau (target exactly p̄)
@@ -344,7 +327,8 @@ def _register():
                       inner_teachers=config.attack_loss == "kl_fused_adv",
                       attack_init=config.attack_init, attack_bn="eval", teacher_views=views,
                       student_views=("adv", "nat"), connectors=use_features,
-                      feature_target=config.feature_target, feature_stages=stages, **hooks)
+                      feature_target=config.feature_target, feature_stages=stages,
+                      diagnostics=weight_diagnostics, **hooks)
 
 
 _register()
