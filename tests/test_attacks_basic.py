@@ -16,7 +16,7 @@ from sa_mdrad_jax.attacks.iterative import pgd_attack, pgd_run
 
 EPS = 8 / 255
 PGD_FAMILY = ("fgsm", "pgd20", "pgd20_trades", "cw_inf_30", "cw_inf_50x10")
-ALL_NAMED = {n: attacks.NAMED[n] for n in PGD_FAMILY + ("apgd_ce", "apgd_t", "pgd")}
+ALL_NAMED = {n: attacks.NAMED[n] for n in PGD_FAMILY + ("apgd_ce", "apgd_t")}
 
 
 # ------------------------------------------------------------------------------ shared helpers

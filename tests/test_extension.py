@@ -95,48 +95,51 @@ def test_registered_defaults_are_its_config_block_and_options_are_checked(regist
 
 
 @pytest.fixture(scope="module")
-def distilled(registered, teacher, tmp_path_factory):
-    """One step of the new method through `sa-mdrad distill` (the CLI path, in this process)."""
-    tmp = tmp_path_factory.mktemp("distill")
+def grid_cell(registered, teacher, tmp_path_factory):
+    """A one-cell grid of the new method whose training runs `sa-mdrad distill` (the CLI path, in this
+    process) with the cell's config: one step."""
+    tmp = tmp_path_factory.mktemp("grid")
     config_file = tmp / "rslad_sharp.py"
     config_file.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_extension import student_config\n\n\n"
-                           "def get_config():\n    return student_config(%r)\n" % (os.path.dirname(__file__), teacher))
-    workdir = str(tmp / "student")
-    cli.run(["sa-mdrad", "distill", f"--config={config_file}", f"--workdir={workdir}",
-             "--config.method.sharpen=3.0"])
-    return workdir
+                           "def get_config():\n    return student_config('')\n" % os.path.dirname(__file__))
+    trained, evaluated = [], []
+
+    def distill_via_cli(config, workdir):
+        cli.run(["sa-mdrad", "distill", f"--config={config_file}", f"--workdir={workdir}",
+                 f"--config.seed={config.seed}", f"--config.method.sharpen={config.method.sharpen}",
+                 f"--config.teachers.robust.workdir={config.teachers.robust.workdir}"])
+        trained.append((workdir, config))
+        return {}
+
+    def evaluate_fn(workdir, **kwargs):
+        evaluated.append((workdir, kwargs["attack_names"]))
+        return {"accuracy": {"clean": 1.0}}
+
+    g = {"name": "extension", "root": str(tmp / "runs"), "results": str(tmp / "results"),
+         "datasets": ("digits",), "students": ("resnet_tiny",), "methods": (NAME,), "seeds": (3,),
+         "base_config": lambda method, dataset, student: student_config(""), "overrides": {"method.sharpen": 3.0},
+         "teachers": {"digits": {"robust": {"config": None, "workdir": teacher}}},
+         "evaluation": {"attacks": ("clean", "pgd:steps=2"), "n_points": 8, "eps": 8 / 255, "batch_size": 8,
+                        "seed": 0, "curve_eps": ()}}
+    (run,) = grid.run_grid(g, train_fn=distill_via_cli, evaluate_fn=evaluate_fn, log=lambda *_: None, report=False)
+    return run, trained, evaluated
 
 
-def test_a_method_defined_here_distills_through_the_cli(distilled):
-    with open(os.path.join(distilled, "config.json")) as f:
-        assert json.load(f)["method"]["sharpen"] == 3.0            # the override reached the method block
-    (row,) = _train_rows(distilled)
+def test_a_method_defined_here_distills_through_the_cli_as_a_grid_cell(grid_cell, teacher):
+    run, trained, evaluated = grid_cell
+    assert run.method == NAME and [w for w, _ in trained] == [run.workdir]
+    assert evaluated == [(run.workdir, ("clean", "pgd:steps=2"))]
+    with open(os.path.join(run.workdir, "config.json")) as f:
+        resolved = json.load(f)
+    # The CLI trained exactly the grid cell's config (seed, override, teacher workdir filled in).
+    assert resolved == json.loads(json.dumps(trained[0][1].to_dict(), sort_keys=True, default=str))
+    assert resolved["seed"] == 3 and resolved["method"]["sharpen"] == 3.0
+    assert resolved["teachers"]["robust"]["workdir"] == teacher
+    (row,) = _train_rows(run.workdir)
     assert row["step"] == 1
     # The logged loss is this file's loss: KL(adv) + KL(nat) + 0.5·CE(adv) of its own terms.
     np.testing.assert_allclose(row["loss"], row["kl_adv"] + row["kl_nat"] + 0.5 * row["ce_adv"], rtol=1e-5)
     assert row["ce_adv"] > 0 and row["kl_adv"] > 0
-
-
-def test_a_method_defined_here_runs_as_a_grid_cell(registered, teacher, tmp_path):
-    calls = []
-
-    def evaluate_fn(workdir, **kwargs):
-        calls.append((workdir, kwargs["attack_names"]))
-        return {"accuracy": {"clean": 1.0}}
-
-    g = {"name": "extension", "root": str(tmp_path / "grid"), "results": str(tmp_path / "results"),
-         "datasets": ("digits",), "students": ("resnet_tiny",), "methods": (NAME,), "seeds": (3,),
-         "base_config": lambda method, dataset, student: student_config(""), "overrides": {},
-         "teachers": {"digits": {"robust": {"config": None, "workdir": teacher}}},
-         "evaluation": {"attacks": ("clean", "pgd:steps=2"), "n_points": 8, "eps": 8 / 255, "batch_size": 8,
-                        "seed": 0, "curve_eps": ()}}
-    (run,) = grid.run_grid(g, evaluate_fn=evaluate_fn, log=lambda *_: None, report=False)
-    assert run.method == NAME and calls == [(run.workdir, ("clean", "pgd:steps=2"))]
-    with open(os.path.join(run.workdir, "config.json")) as f:
-        resolved = json.load(f)
-    assert resolved["seed"] == 3 and resolved["teachers"]["robust"]["workdir"] == teacher
-    (row,) = _train_rows(run.workdir)
-    np.testing.assert_allclose(row["loss"], row["kl_adv"] + row["kl_nat"] + 0.5 * row["ce_adv"], rtol=1e-5)
 
 
 # --- the new attack: PGD on the CW margin with restarts, options settable from a spec ------------------
@@ -150,7 +153,8 @@ def _check(*, steps, restarts):
         raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}.")
 
 
-def test_an_attack_defined_here_runs_through_evaluate_specs(distilled, tmp_path, monkeypatch, capsys):
+def test_an_attack_defined_here_runs_through_evaluate_specs(grid_cell, tmp_path, monkeypatch, capsys):
+    distilled = grid_cell[0].workdir
     from sa_mdrad_jax.evaluate import robustness
     attacks.register_attack("pgd_cw_test", pgd_cw_restarts, check=_check, replace=True)
     try:
@@ -158,11 +162,10 @@ def test_an_attack_defined_here_runs_through_evaluate_specs(distilled, tmp_path,
                             functools.partial(robustness.evaluate_checkpoint, curve_eps=()))
         out = tmp_path / "eval"
         spec = "pgd_cw_test:steps=3,restarts=2"
-        cli.run(["sa-mdrad", "evaluate", f"--workdir={distilled}", f"--attacks=clean,{spec},pgd:steps=3,loss=cw",
+        cli.run(["sa-mdrad", "evaluate", f"--workdir={distilled}", f"--attacks=clean,{spec}",
                  "--n_points=16", "--batch_size=16", f"--out_dir={out}"])
         acc = json.loads((out / "evaluation.json").read_text())["accuracy"]
-        assert list(acc) == ["clean", spec, "pgd:steps=3,loss=cw"]
-        assert acc[spec] <= acc["clean"] and acc["pgd:steps=3,loss=cw"] <= acc["clean"]
+        assert list(acc) == ["clean", spec] and acc[spec] <= acc["clean"]
         assert attacks.resolve(spec) is attacks.resolve("pgd_cw_test: restarts=2, steps=3")   # one compile per spec
         for bad, expected in [("pgd_cw_test:stepz=3", "Valid options: steps (default 50), restarts (default 2)"),
                               ("pgd_cw_test:restarts=0", "steps and restarts must be >= 1"),

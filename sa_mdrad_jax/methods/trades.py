@@ -58,7 +58,7 @@ def make(config, teacher_names=None) -> Method:
 
     def outer(out: Outputs):
         ce = jnp.mean(losses.ce(out.s_nat, out.y))
-        kl = trades_kl(out.s[kl_view], out.s_adv)
+        kl = trades_kl(out.s_nat if kl_view == "nat" else out.s[kl_view], out.s_adv)
         return ce + beta * kl, {"ce_nat": ce, "trades_kl": kl}
 
     views = ("nat", "adv", "nat_again") if bn_forwards == 3 else ("nat", "adv")
