@@ -165,7 +165,8 @@ def digits_grid() -> dict:
     return {
         "name": "digits (8×8), resnet_tiny student", "root": "workdir/grids/digits",
         "results": "experiments/results/digits",
-        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True), "seeds": (0, 1, 2),
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
+        "seeds": (0, 1, 2),
         "base_config": base_config,
         "overrides": {},
         "teachers": {"digits": teachers},
@@ -256,7 +257,8 @@ def digits_converged_grid(epochs: int = 40) -> dict:
     return {
         "name": f"digits (8×8), resnet_tiny student, {epochs} epochs, best validation checkpoint",
         "root": "workdir/grids/digits_converged", "results": "experiments/results/digits_converged",
-        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True), "seeds": (0, 1, 2, 3, 4),
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
+        "seeds": (0, 1, 2, 3, 4),
         "base_config": base_config, "overrides": {},
         # AdaAD+IGDM follows the IGDM scripts: weight decay 2e-4, batchmean AdaAD KL, the ramp over the run.
         "label_overrides": {"adaad+igdm": {"optim.weight_decay": 2e-4, "method.kl_scale": 1.0,

@@ -53,7 +53,8 @@ def _digits_recipe(config) -> None:
     config.method.igdm.enabled = True
 
 
-# IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ))); the paper's headline base is AdaAD.
+# IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ)));
+# the paper's headline base is AdaAD.
 @register_term("igdm", defaults=dict(alpha=20.0, beta=1.0, gamma=1.0, e_ref=200.0),
                recipe=TermRecipe(default_base="adaad", cifar=_cifar_recipe, digits=_digits_recipe))
 def make_term(config) -> Term:

@@ -31,7 +31,7 @@ def robust_teacher(dataset: str) -> dict:
 def _igdm_recipe(config, dataset: str) -> None:
     del dataset
     config.method.igdm.e_ref = 300.0                   # rslad_IGDM_cifar100.py l. 124: epoch/300 (its 300-epoch run)
-    config.optim.boundaries = (210, 258, 285)          # ... and RSLAD+IGDM decays after 210/258/285 (RSLAD: 215/260/285)
+    config.optim.boundaries = (210, 258, 285)          # ... and decays after 210/258/285 (RSLAD: 215/260/285)
 
 
 # RSLAD: robust soft labels T(x) on both branches, attack on KL(σT(x) ‖ σS(x')).

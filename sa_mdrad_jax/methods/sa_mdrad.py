@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from sa_mdrad_jax.losses import cross_entropy, kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
 from sa_mdrad_jax.methods.trades import trades_inner
-from sa_mdrad_jax.train.connectors import Connector  # noqa: F401  (re-exported: r_k lives with the step's feature plumbing)
+from sa_mdrad_jax.train.connectors import Connector  # noqa: F401  (re-exported: r_k lives with the step's plumbing)
 
 RECTIFY = ("swap", "none", "soft", "drop")
 WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
