@@ -1,4 +1,4 @@
-"""adaad — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""adaad — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/adaad.py).
 
   sa-mdrad distill --config=configs/adaad.py:cifar10,resnet18 --workdir=runs/adaad_c10_r18 \\
       --config.teachers.<key>.workdir=<teacher checkpoint workdir>

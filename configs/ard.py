@@ -1,4 +1,4 @@
-"""ard — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""ard — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/ard.py).
 
   sa-mdrad distill --config=configs/ard.py:cifar10,resnet18 --workdir=runs/ard_c10_r18 \\
       --config.teachers.<key>.workdir=<teacher checkpoint workdir>

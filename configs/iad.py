@@ -1,4 +1,4 @@
-"""iad — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""iad — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/iad.py).
 
   sa-mdrad distill --config=configs/iad.py:cifar10,resnet18 --workdir=runs/iad_c10_r18 \\
       --config.teachers.<key>.workdir=<teacher checkpoint workdir>

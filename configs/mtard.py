@@ -1,4 +1,4 @@
-"""mtard — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""mtard — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/mtard.py).
 
   sa-mdrad distill --config=configs/mtard.py:cifar10,resnet18 --workdir=runs/mtard_c10_r18 \\
       --config.teachers.<key>.workdir=<teacher checkpoint workdir>

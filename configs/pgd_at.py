@@ -1,4 +1,4 @@
-"""pgd_at — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""pgd_at — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/pgd_at.py).
 
   sa-mdrad distill --config=configs/pgd_at.py:cifar10,resnet18 --workdir=runs/pgd_at_c10_r18   (no teachers)
   Arguments: cifar10|cifar100 , resnet18|mobilenetv2   — or  digits  (the quickstart's teachers).

@@ -1,4 +1,4 @@
-"""rslad — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""rslad — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/rslad.py).
 
   sa-mdrad distill --config=configs/rslad.py:cifar10,resnet18 --workdir=runs/rslad_c10_r18 \\
       --config.teachers.<key>.workdir=<teacher checkpoint workdir>

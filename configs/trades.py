@@ -1,4 +1,4 @@
-"""trades — the paper's training setting (sa_mdrad_jax/methods/recipes.py has the sources).
+"""trades — the paper's training setting (its Recipe and sources: sa_mdrad_jax/methods/trades.py).
 
   sa-mdrad distill --config=configs/trades.py:cifar10,resnet18 --workdir=runs/trades_c10_r18   (no teachers)
   Arguments: cifar10|cifar100 , resnet18|mobilenetv2   — or  digits  (the quickstart's teachers).

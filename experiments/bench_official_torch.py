@@ -44,7 +44,18 @@ SETUPS = {
     "digits": dict(model="resnet_tiny", width=1.0, teacher="resnet18", teacher_width=0.25, image_size=8, batch=32),
     "cifar": dict(model="resnet18", width=1.0, teacher="resnet18", teacher_width=1.0, image_size=32, batch=32),
 }
-METHODS = ("rslad", "adaad", "pgd_at")
+# The registered methods whose official PyTorch step this script can run: where each step comes from.
+OFFICIAL_STEPS: dict[str, str] = {}
+
+
+def official_step(method: str, source: str) -> None:
+    OFFICIAL_STEPS[method] = source
+
+
+official_step("rslad", "RSLAD's training loop (rslad/)")
+official_step("adaad", "AdaAD's 'AdaAD' branch (adaad/)")
+official_step("pgd_at", "AdaAD's 'Plain_Madry' branch (adaad/)")
+METHODS = tuple(OFFICIAL_STEPS)
 EPS, STEP_SIZE, STEPS = 8 / 255, 2 / 255, 10
 
 

@@ -40,13 +40,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-ALL_METHODS = ("natural", "pgd_at", "trades", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
+
+
+def default_methods() -> list[str]:
+    """'natural' and every method registered with `benchmark=True` (with its grid terms)."""
+    from sa_mdrad_jax.grid_presets import method_labels
+    return list(method_labels(benchmark=True))
 
 
 def define_flags():
     """The driver's flags. Defined only when this file runs as a script, so that importing it for
     `time_step` (experiments/bench_step.py, device_check) does not clash with the importer's flags."""
-    flags.DEFINE_list("methods", list(ALL_METHODS), "Method labels ('name+term' enables a composable term).")
+    flags.DEFINE_list("methods", [], "Method labels ('name+term' enables a composable term); default: natural and "
+                      "every method registered for the benchmarks (read when the suite runs, not at --help).")
     flags.DEFINE_list("models", ["resnet_tiny"], "Student models (zoo names).")
     flags.DEFINE_float("width", 1.0, "Student channel multiplier.")
     flags.DEFINE_list("teachers", ["resnet18", "wrn16_4"], "Teachers: SA-MDRAD uses all; single-teacher methods "
@@ -87,12 +93,14 @@ def peak_memory() -> tuple[float, str]:
 
 
 def teachers_for(method, names: list[str]) -> list[str]:
-    """Which of the given teachers a method distils from (see --teachers)."""
+    """Which of the given teachers a method distils from (see --teachers), by its registered teacher kind."""
+    from sa_mdrad_jax.methods import method_spec
     if not method.uses_teachers:
         return []
-    if method.name.startswith("sa_mdrad"):
+    kind = method_spec(method.name.split("+")[0]).teachers
+    if kind == "natural":
         return list(names)
-    if method.name.startswith("mtard"):
+    if kind == "robust+natural":
         return list(names[:2])
     return list(names[:1])
 
@@ -250,7 +258,7 @@ def specs_from_flags() -> list[tuple[dict, int]]:
         for batch in FLAGS.batches:
             for dtype in FLAGS.dtypes:
                 for devices in FLAGS.devices:
-                    for method in FLAGS.methods:
+                    for method in (FLAGS.methods or default_methods()):
                         spec = dict(method=method, model=model, width=FLAGS.width, teachers=list(FLAGS.teachers),
                                     teacher_width=FLAGS.teacher_width, batch=int(batch), dtype=dtype,
                                     image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,

@@ -3,6 +3,7 @@
   train       natural (teacher) training:  --config=configs/x.py[:arg] --config.a.b=v --workdir=DIR
   distill     adversarial training / distillation (config with a `method` block): same flags
   evaluate    robust accuracy of a checkpoint: --workdir=DIR [--attacks=clean,fgsm,pgd20,cw_inf_30,autoattack]
+              (any registered attack, or a spec such as pgd:steps=50,restarts=2,loss=cw)
               [--n_points=1000] [--eps_255=8] [--batch_size=200] [--out_dir=DIR]
   sanity      S1–S11 gradient-masking checks of a checkpoint: --workdir=DIR [--n_points=1000]
               [--eps_255=8] [--budget=standard|fast|smoke] [--best] [--batch_size=200] [--out_dir=DIR]
@@ -118,7 +119,8 @@ def _evaluate(argv):
     _no_positional(argv)
     from sa_mdrad_jax.evaluate import robustness
     _require("workdir")
-    names = tuple(a.strip() for a in FLAGS.attacks.split(",") if a.strip())
+    from sa_mdrad_jax.attacks import split_list
+    names = split_list(FLAGS.attacks)   # names or specs ('pgd:steps=50,restarts=2,loss=cw') of registered attacks
     if not 0 < FLAGS.eps_255 <= 255:
         raise UsageError(f"--eps_255 must be in (0, 255]; got {FLAGS.eps_255}.")
     for flag in ("n_points", "batch_size"):

@@ -101,11 +101,20 @@ def check_attack_names(names: Sequence[str], what: str, *, extra: Sequence[str] 
     if isinstance(names, str):
         names = (names,)
     valid = list(extra) + sorted(attacks.NAMED)
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ConfigError(f"{what}: unknown attack(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}.")
     if not names:
-        raise ConfigError(f"{what}: no attack given. Valid: {', '.join(valid)}.")
+        raise ConfigError(f"{what}: no attack given. Valid: {', '.join(valid)} (or a spec such as "
+                          "'pgd:steps=50,restarts=2,loss=cw').")
+    problems = []
+    for name in names:
+        if name in extra:
+            continue
+        try:   # a registered attack or a spec string, looked up in the registry now
+            attacks.resolve(name)
+        except attacks.AttackSpecError as e:
+            problems.append(str(e))
+    if problems:
+        also = f" (also accepted: {', '.join(extra)})" if extra else ""
+        raise ConfigError(f"{what}: " + "; ".join(problems) + also)
 
 
 def validate_numbers(config: ml_collections.ConfigDict) -> None:
@@ -267,7 +276,7 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=500,
         robust_points=0,          # > 0: each per-epoch robust evaluation attacks about this many points of the
                                   # evaluation split (validation if dataset.validation_size > 0, else test)
-        robust_attack="pgd20",    # a named attack of evaluation.md (sa_mdrad_jax.attacks.NAMED)
+        robust_attack="pgd20",    # a registered attack (sa_mdrad_jax.attacks.NAMED) or a spec 'pgd:steps=50,restarts=2'
         robust_eps=0.0,           # 0 = the method's training ε (8/255 for natural training)
         robust_every_epochs=1,
     ))
@@ -283,68 +292,27 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-METHOD_NAMES = ("pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad", "sa_mdrad")
-
-
 def composable_terms() -> dict:
-    """The sub-blocks every method config carries: terms any method can add (methods.md §3)."""
-    return dict(
-        # IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ)))
-        igdm=ml_collections.ConfigDict(dict(enabled=False, alpha=20.0, beta=1.0, gamma=1.0, e_ref=200.0)),
-        # TRADES's KL: + weight·KL_bm(σS(x) ‖ σS(x')), gradient through both branches
-        trades_kl=ml_collections.ConfigDict(dict(enabled=False, weight=6.0)),
-    )
+    """The sub-blocks every method config carries: terms any method can add (methods.md §3), as
+    registered (`methods.register_term(name, defaults=...)`), each off by default."""
+    from sa_mdrad_jax.methods import base
+    return {name: ml_collections.ConfigDict(dict(base.TERM_DEFAULTS[name])) for name in sorted(base.TERM_DEFAULTS)}
 
 
 def method_config(name: str = "sa_mdrad") -> ml_collections.ConfigDict:
-    """The `method` block of a distillation config, with the defaults of methods.md §2-3.
+    """The `method` block of a distillation config: the defaults `name` registered with
+    (`methods.register(name, defaults=...)`, methods.md §2-3).
 
-    Every block has the attack (eps, step_size, steps, attack_init) and the composable terms
-    (`igdm`, `trades_kl`, off by default). KL terms are batchmean × an explicit kl_scale.
+    Every block has the attack (eps, step_size, steps) and the composable terms (`igdm`,
+    `trades_kl`, off by default). KL terms are batchmean × an explicit kl_scale.
     """
+    from sa_mdrad_jax.methods import base
+    spec = base.method_spec(name)
+    if spec.defaults is None:
+        raise ConfigError(f"Method {name!r} was registered without defaults, so it has no default config block: "
+                          f"register it with `defaults=dict(...)` (its options).")
     attack = dict(eps=8 / 255, step_size=2 / 255, steps=10)
-    blocks = {
-        # Madry et al.: CE on x', uniform start.
-        "pgd_at": dict(attack_init="uniform"),
-        # TRADES: CE(S(x)) + beta·KL_bm(σS(x) ‖ σS(x')); attack on the KL, 0.001·N start.
-        # bn_forwards: 2 = S(x) shared by CE and KL; 3 = the reference's S(x), S(x'), S(x) BN-update order.
-        "trades": dict(attack_init="normal", beta=6.0, bn_forwards=2),
-        # ARD: α τ² kl_scale KL(σ_τT(x) ‖ σ_τS(x')) + (1−α) CE(S(x)); attack BN in train mode.
-        "ard": dict(attack_init="uniform", attack_bn="train", alpha=1.0, tau=30.0, kl_scale=0.1),
-        # IAD-I: ARD + (epoch ≥ start_epoch) introspection weighted by 1 − p_T(x')_y^beta.
-        "iad": dict(attack_init="uniform", attack_bn="train", alpha=1.0, tau=30.0, kl_scale=0.1,
-                    beta=0.1, start_epoch=60),
-        # RSLAD: robust soft labels T(x) on both branches, attack on KL(σT(x) ‖ σS(x')).
-        "rslad": dict(attack_init="normal", tau=1.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6),
-        # MTARD: robust teacher on x', natural teacher on x, MTARD balance (η = balance_lr).
-        # robust_teacher / natural_teacher name entries of the `teachers` block.
-        "mtard": dict(attack_init="normal", tau=1.0, kl_scale=0.1, balance_lr=0.025,
-                      robust_teacher="robust", natural_teacher="natural"),
-        # AdaAD: attack on KL(σT(x') ‖ σS(x')) through both networks; kl_scale 0.1 = 'mean' on 10 classes.
-        "adaad": dict(attack_init="normal", tau=1.0, kl_scale=0.1, alpha=1.0),
-        "sa_mdrad": dict(
-            attack_loss="ce",          # 'ce' | 'kl_fused_clean' | 'trades' | 'kl_fused_adv'
-            attack_tau=0.0,            # temperature of the KL attack losses; 0 = tau (target exactly p̄)
-            attack_init="normal",      # 0.001·N(0, I) start, the RSLAD/MTARD recipe
-            teacher_input_adv="adv",   # 'adv' | 'clean' | 'hybrid'
-            weighting="ca",            # 'ca' | 'uniform' | 'softmax_neg_ce'
-            weight_temperature=1.0,
-            rectify="swap",            # 'swap' | 'none' | 'soft' | 'drop'
-            rho=0.5,                   # 'soft' mixing weight
-            tau=4.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6,
-            branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
-            balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
-            beta=1.0,                  # feature term weight (0 = logits only)
-            gamma=0.0,                 # CE(s_adv, y) weight
-            feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
-            feature_distance="mse",    # 'mse' | 'normalized_mse'
-            feature_target="nat",      # teacher features from x ('nat') or x' ('adv')
-            feature_warmup_epochs=1,
-        ),
-    }
-    if name not in blocks:
-        raise ConfigError(f"No default config for method {name!r}. Valid: {', '.join(METHOD_NAMES)}.")
-    return ml_collections.ConfigDict(dict(name=name, **attack, **blocks[name], **composable_terms()))
+    return ml_collections.ConfigDict(dict(name=name, **attack, **spec.defaults, **composable_terms()))
 
 
 def teacher_entry(name: str, workdir: str = "", **model) -> ml_collections.ConfigDict:

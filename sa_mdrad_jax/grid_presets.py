@@ -17,10 +17,49 @@ import ml_collections
 
 from sa_mdrad_jax import config as config_lib
 
-PAPER_METHODS = ("natural", "pgd_at", "trades", "ard", "iad", "rslad", "mtard", "adaad", "adaad+igdm", "sa_mdrad")
+NATURAL = "natural"   # the grids' natural-training label: no method block (not a registered method)
+NATURAL_SCHEDULE_OF = "pgd_at"   # natural training uses PGD-AT's paper schedule in the converged grid
 PAPER_EVALUATION = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 10000,
                     "eps": 8 / 255, "batch_size": 500, "seed": 0,
                     "curve_eps": tuple(e / 255 for e in (0, 2, 4, 8, 12, 16))}
+
+
+def method_labels(**flags) -> tuple[str, ...]:
+    """'natural', then every registered method with `flags` (MethodSpec fields) in registration
+    order, each followed by its `grid_terms` labels ('adaad', 'adaad+igdm')."""
+    from sa_mdrad_jax.methods import method_names, method_spec
+    labels = [NATURAL]
+    for name in method_names(**flags):
+        labels += [name] + [f"{name}+{term}" for term in method_spec(name).grid_terms]
+    return tuple(labels)
+
+
+def __getattr__(name):   # PAPER_METHODS: read from the registry at access time
+    if name == "PAPER_METHODS":
+        return method_labels(paper_grid=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def teacher_kind(method: str) -> str:
+    """What the method's grid runs distil from (its registration's `teachers`)."""
+    if method == NATURAL:
+        return "none"
+    from sa_mdrad_jax.methods import method_spec
+    return method_spec(method).teachers
+
+
+def _recipe(method: str):
+    """The method's registered paper `Recipe` (None for natural training or a method without one)."""
+    if method == NATURAL:
+        return None
+    from sa_mdrad_jax.methods import method_spec
+    return method_spec(method).recipe
+
+
+def _scale_epochs(c: ml_collections.ConfigDict, method: str, epochs: int) -> None:
+    recipe = _recipe(method)
+    if recipe is not None and recipe.scale_epochs is not None:
+        recipe.scale_epochs(c, epochs)
 
 
 def primary(natural: dict) -> str:
@@ -29,25 +68,28 @@ def primary(natural: dict) -> str:
 
 
 def teacher_block(method: str, natural: dict, robust: str = "robust") -> dict:
-    """{name: model spec} of the teachers a method distils from (the names key the grid's teachers)."""
-    if method == "sa_mdrad":
+    """{name: model spec} of the teachers a method distils from (the names key the grid's teachers),
+    by its teacher kind: the natural set; the robust teacher and the natural one of its
+    architecture; or the robust teacher alone (also for 'none': PGD-AT and TRADES do not read it)."""
+    kind = teacher_kind(method)
+    if kind == "natural":
         return dict(natural)
     first = primary(natural)
-    if method == "mtard":
+    if kind == "robust+natural":
         return {robust: natural[first], first: natural[first]}
-    return {robust: natural[first]}   # single robust teacher (unused by PGD-AT / TRADES)
+    return {robust: natural[first]}
 
 
 def method_config(base: ml_collections.ConfigDict, method: str, teachers: dict) -> ml_collections.ConfigDict:
     """`base` (a distillation config) with `method`'s block and teachers; 'natural' drops both."""
     c = ml_collections.ConfigDict(base.to_dict())
-    if method == "natural":
+    if method == NATURAL:
         del c["method"], c["teachers"]
         return c
     eps, step_size, steps = base.method.eps, base.method.step_size, base.method.steps
     c.method = config_lib.method_config(method)
     c.method.update(eps=eps, step_size=step_size, steps=steps)
-    if method == "mtard":
+    if teacher_kind(method) == "robust+natural":
         robust, natural = list(teachers)
         c.method.update(robust_teacher=robust, natural_teacher=natural)
     c.teachers = ml_collections.ConfigDict()
@@ -77,7 +119,7 @@ def paper_grid(dataset: str, student: str) -> dict:
     teachers["robust"] = {"config": robust, "workdir": ""}
     return {
         "name": f"{dataset}, {student}", "root": "runs/grids", "results": f"experiments/results/{dataset}_{student}",
-        "datasets": (dataset,), "students": (student,), "methods": PAPER_METHODS, "seeds": (0, 1, 2),
+        "datasets": (dataset,), "students": (student,), "methods": method_labels(paper_grid=True), "seeds": (0, 1, 2),
         "base_config": base_config, "overrides": {"eval.robust_eps": 8 / 255},
         "teachers": {dataset: teachers}, "evaluation": dict(PAPER_EVALUATION),
     }
@@ -106,8 +148,7 @@ def digits_grid() -> dict:
         del dataset
         c = method_config(base, method, teacher_block(method, natural))
         c.model.name = student
-        if method == "iad":
-            c.method.start_epoch = 1   # the paper's introspection starts at epoch 60 of 300; here 1 of 3
+        _scale_epochs(c, method, c.train.epochs)   # IAD: introspection from epoch 1 of 3 (60 of 200)
         return c
 
     teachers = {}
@@ -125,7 +166,8 @@ def digits_grid() -> dict:
     return {
         "name": "digits (8×8), resnet_tiny student", "root": "workdir/grids/digits",
         "results": "experiments/results/digits",
-        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": PAPER_METHODS, "seeds": (0, 1, 2),
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
+        "seeds": (0, 1, 2),
         "base_config": base_config,
         "overrides": {},
         "teachers": {"digits": teachers},
@@ -152,17 +194,21 @@ def digits_autoattack_grid() -> dict:
 
 
 def _scaled_schedule(recipe: str, epochs: int) -> dict:
-    """The paper's piecewise schedule of `recipe` (methods/recipes.py: SCHEDULES) scaled to `epochs`:
+    """The paper's piecewise schedule of `recipe` (its registered `Recipe.schedule`) scaled to `epochs`:
     each LR decay at the same fraction of training, the paper's weight decay."""
-    from sa_mdrad_jax.methods.recipes import SCHEDULES
-    paper_epochs, boundaries, weight_decay = SCHEDULES[recipe]
+    from sa_mdrad_jax.methods import method_spec
+    paper_epochs, boundaries, weight_decay = method_spec(recipe).recipe.schedule
     return dict(schedule="piecewise", boundaries=tuple(round(b * epochs / paper_epochs) for b in boundaries),
                 decay=0.1, weight_decay=weight_decay, warmup_epochs=0.0)
 
 
-# The schedule each method's paper trains with (SA-MDRAD: its config's RSLAD/MTARD schedule).
-SCHEDULE_OF = {"natural": "pgd_at", "pgd_at": "pgd_at", "trades": "trades", "ard": "ard", "iad": "iad",
-               "rslad": "rslad", "mtard": "mtard", "adaad": "adaad", "sa_mdrad": "rslad"}
+def schedule_of(method: str) -> str:
+    """The method whose paper schedule `method` trains with (SA-MDRAD: its config's RSLAD/MTARD
+    schedule, `register(..., schedule_of='rslad')`; natural training: PGD-AT's)."""
+    if method == NATURAL:
+        return NATURAL_SCHEDULE_OF
+    from sa_mdrad_jax.methods.base import schedule_recipe
+    return schedule_recipe(method)
 
 
 def digits_converged_grid(epochs: int = 40) -> dict:
@@ -189,15 +235,14 @@ def digits_converged_grid(epochs: int = 40) -> dict:
 
     def base_config(method, dataset, student):
         del dataset
-        c = shared(method_config(base, method, teacher_block(method, natural)), SCHEDULE_OF[method])
+        c = shared(method_config(base, method, teacher_block(method, natural)), schedule_of(method))
         c.model.name = student
-        if method in ("pgd_at", "trades"):
+        if teacher_kind(method) == "none" and method != NATURAL:
             c.teachers = ml_collections.ConfigDict()   # trained alone, as in their papers
-        if method == "trades":
-            # train_trades_cifar10.py: 10 steps of 0.007 at ε = 0.031, and its S(x), S(x'), S(x) BN order.
-            c.method.update(step_size=eps * 0.007 / 0.031, bn_forwards=3)
-        if method == "iad":
-            c.method.start_epoch = round(60 * epochs / 200)   # IAD's introspection from epoch 60 of 200
+        recipe = _recipe(method)
+        if recipe is not None and recipe.at_eps is not None:
+            recipe.at_eps(c, eps)                      # TRADES: its step 0.007/0.031·ε and S(x), S(x'), S(x) BN order
+        _scale_epochs(c, method, epochs)               # IAD's introspection from epoch 60 of 200, scaled
         return c
 
     teachers = {}
@@ -213,7 +258,8 @@ def digits_converged_grid(epochs: int = 40) -> dict:
     return {
         "name": f"digits (8×8), resnet_tiny student, {epochs} epochs, best validation checkpoint",
         "root": "workdir/grids/digits_converged", "results": "experiments/results/digits_converged",
-        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": PAPER_METHODS, "seeds": (0, 1, 2, 3, 4),
+        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
+        "seeds": (0, 1, 2, 3, 4),
         "base_config": base_config, "overrides": {},
         # AdaAD+IGDM follows the IGDM scripts: weight decay 2e-4, batchmean AdaAD KL, the ramp over the run.
         "label_overrides": {"adaad+igdm": {"optim.weight_decay": 2e-4, "method.kl_scale": 1.0,

@@ -29,7 +29,12 @@ from sa_mdrad_jax import checkpoints, config as config_lib, data, models, workdi
 from sa_mdrad_jax.evaluate import robustness
 from sa_mdrad_jax.train import loop
 
-METHODS = ("pgd_at", "sa_mdrad")
+
+
+def default_methods() -> tuple[str, ...]:
+    """The quickstart's students: the methods registered with `quickstart=True` (PGD-AT, SA-MDRAD)."""
+    from sa_mdrad_jax.methods import method_names
+    return method_names(quickstart=True)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -57,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     # step 2.5·ε/K (Madry et al.'s rule), other method options at their methods.md defaults.
     c.student = ml_collections.ConfigDict(dict(
         model=dict(name="resnet_tiny", width=1.0, dtype="float32", normalize="digits"),
-        methods=METHODS,
+        methods=default_methods(),
         epochs=6,
         pgd_steps=3,
         lr=0.05,
@@ -106,9 +111,11 @@ def student_config(config: ml_collections.ConfigDict, method: str,
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
+    from sa_mdrad_jax.methods import METHODS
     unknown = [m for m in config.student.methods if m not in METHODS]
     if unknown:
-        raise config_lib.ConfigError(f"student.methods has {unknown}; valid: {', '.join(METHODS)}.")
+        raise config_lib.ConfigError(f"student.methods has {unknown}; valid (registered methods): "
+                                     f"{', '.join(METHODS)}.")
     if not 0 < config.eps <= 1:
         raise config_lib.ConfigError(f"eps must be in (0, 1] (pixels are in [0, 1]), got {config.eps}.")
     if config.robustness.n_points <= 0:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sa_mdrad_jax import attacks
 from sa_mdrad_jax.attacks import apgd, losses
 from sa_mdrad_jax.attacks.apgd import apgd_ce, apgd_run, apgd_t, checkpoints, count_increases, halve_step
 from sa_mdrad_jax.attacks.iterative import pgd20
@@ -173,4 +174,5 @@ def test_apgd_same_key_same_output_and_one_compile():
 
 
 def test_registry():
-    assert set(apgd.NAMED) == {"apgd_ce", "apgd_t"}
+    assert {"apgd_ce", "apgd_t"} <= set(attacks.NAMED)
+    assert attacks.NAMED["apgd_ce"] is apgd.apgd_ce and attacks.NAMED["apgd_t"] is apgd.apgd_t

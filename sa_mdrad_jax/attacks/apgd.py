@@ -41,6 +41,7 @@ import numpy as np
 from sa_mdrad_jax.attacks.iterative import RunResult, merge_runs, where_b, with_restarts
 from sa_mdrad_jax.attacks.losses import cross_entropy, dlr_targeted
 from sa_mdrad_jax.attacks.pgd import project
+from sa_mdrad_jax.attacks.registry import register_attack
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -167,6 +168,7 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
+@register_attack("apgd_ce")
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
             eps: float = 8 / 255, n_iter: int = 100, restarts: int = 1) -> jax.Array:
     """APGD on the cross-entropy; restarts (keys folded with r) only matter for robust points."""
@@ -174,6 +176,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     return with_restarts(run, key, restarts).x_adv
 
 
+@register_attack("apgd_t")
 def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
            eps: float = 8 / 255, n_iter: int = 100, n_target_classes: int = 9) -> jax.Array:
     """APGD-T: one APGD run on the targeted DLR per target class; the targets are the classes
@@ -201,4 +204,3 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     return jax.lax.fori_loop(0, n_target_classes, body, none).x_adv
 
 
-NAMED: dict[str, Callable[..., jax.Array]] = {"apgd_ce": apgd_ce, "apgd_t": apgd_t}

@@ -43,6 +43,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sa_mdrad_jax.attacks.registry import register_attack
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 _BISECTION_STEPS = 30  # brackets t* in [0, 1] to 1e-9, below float32 resolution of pixel values
@@ -141,6 +143,7 @@ def _fab_target_run(logits_fn: LogitsFn, x0: jax.Array, y: jax.Array, target: ja
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "n_iter", "n_target_classes", "n_restarts",
                                              "alpha_max", "eta", "beta"))
+@register_attack("fab_t")
 def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float | jax.Array,
           n_iter: int = 100, n_target_classes: int = 9, n_restarts: int = 1, alpha_max: float = 0.1,
           eta: float = 1.05, beta: float = 0.9) -> jax.Array:

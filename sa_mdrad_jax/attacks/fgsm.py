@@ -13,8 +13,10 @@ import jax
 
 from sa_mdrad_jax.attacks.losses import cross_entropy
 from sa_mdrad_jax.attacks.pgd import pgd
+from sa_mdrad_jax.attacks.registry import register_attack
 
 
+@register_attack("fgsm")
 def fgsm(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, key: jax.Array, *,
          eps: float = 8 / 255) -> jax.Array:
     """One step of size ε on CE; `key` is unused (kept for the common attack signature)."""

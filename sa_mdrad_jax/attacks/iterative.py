@@ -14,9 +14,9 @@ once every point is broken.
 Step, projection and start are those of the shared training PGD (`attacks/pgd.py`): one PGD rule
 in the project, here with the bookkeeping an evaluation needs.
 
-`NAMED` maps the attack names of evaluation.md implemented here (fgsm and the PGD family) to
-functions `attack(logits_fn, x, y, key, *, eps=8/255) -> x_adv`; `apgd.NAMED` holds the APGD
-ones (apgd.py builds on the bookkeeping here, so the registry is split to keep imports acyclic).
+The named attacks of evaluation.md implemented here (the PGD family) register themselves
+(`attacks/registry.py`) as functions `attack(logits_fn, x, y, key, *, eps=8/255) -> x_adv`; 'pgd'
+is the family whose options a spec string sets.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import jax.numpy as jnp
 
 from sa_mdrad_jax.attacks.fgsm import fgsm
 from sa_mdrad_jax.attacks.losses import cross_entropy, cw_margin, dlr
-from sa_mdrad_jax.attacks.pgd import init_perturbation, project
+from sa_mdrad_jax.attacks.pgd import INITS, init_perturbation, pgd_with_carry, project
+from sa_mdrad_jax.attacks.registry import register_attack
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]   # (logits [B, C], y [B]) -> [B]
@@ -67,29 +68,19 @@ def pgd_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, 
     """A single PGD run with any-iterate tracking (see module docstring)."""
     x = jax.lax.stop_gradient(x)
 
-    def loss_and_logits(z):
+    def tracked_loss(z, carry):
+        # The logits at x'_k come free with its gradient; x'_0 may lie outside [0, 1] (raw start),
+        # so it is checked below at its projection instead (k counts the iterates).
+        k, x_ret, broken = carry
         logits = logits_fn(z)
-        losses = loss_fn(logits, y)
-        return jnp.sum(losses), (losses, logits)
-
-    grad_fn = jax.grad(loss_and_logits, has_aux=True)
+        mis = (jnp.argmax(logits, axis=-1) != y) & (k > 0)
+        return loss_fn(logits, y), (k + 1, where_b(mis & ~broken, z, x_ret), broken | mis)
 
     start = init_perturbation(key, x, eps, init, normal_std)
     x0 = project(start, x, eps)
     broken = jnp.argmax(logits_fn(x0), axis=-1) != y
-    x_ret = x0
-
-    def body(k, carry):
-        x_adv, x_ret, broken = carry
-        g, (_, logits) = grad_fn(x_adv)
-        # The logits at x'_k come free with its gradient; x'_0 may lie outside [0, 1] (raw start),
-        # so it is checked above at its projection instead.
-        mis = (jnp.argmax(logits, axis=-1) != y) & (k > 0)
-        x_ret = where_b(mis & ~broken, x_adv, x_ret)
-        broken = broken | mis
-        return project(x_adv + step_size * jnp.sign(g), x, eps), x_ret, broken
-
-    x_last, x_ret, broken = jax.lax.fori_loop(0, steps, body, (start, x_ret, broken))
+    x_last, (_, x_ret, broken) = pgd_with_carry(tracked_loss, x, start, (jnp.int32(0), x0, broken), eps=eps,
+                                                step_size=step_size, steps=steps)
     x_last = project(x_last, x, eps)   # a no-op when steps >= 1
     logits = logits_fn(x_last)
     mis = jnp.argmax(logits, axis=-1) != y
@@ -131,24 +122,28 @@ def pgd_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
 
 # ----------------------------------------------------------------------------- named attacks
 
+@register_attack("pgd20")
 def pgd20(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255) -> jax.Array:
     """20 steps of 2/255 on CE from a uniform start in the ε-ball."""
     return pgd_attack(logits_fn, x, y, key, eps=eps, step_size=2 / 255, steps=20, loss="ce",
                       init="uniform")
 
 
+@register_attack("pgd20_trades")
 def pgd20_trades(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255) -> jax.Array:
     """20 steps of 0.003 on CE from x + 0.001·N(0, I) (the RSLAD/MTARD monitor)."""
     return pgd_attack(logits_fn, x, y, key, eps=eps, step_size=0.003, steps=20, loss="ce",
                       init="normal", normal_std=0.001)
 
 
+@register_attack("cw_inf_30")
 def cw_inf_30(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255) -> jax.Array:
     """30 steps of 2/255 on the CW margin with κ = 50 from a uniform start (IAD protocol)."""
     return pgd_attack(logits_fn, x, y, key, eps=eps, step_size=2 / 255, steps=30, loss="cw",
                       kappa=50.0, init="uniform")
 
 
+@register_attack("cw_inf_50x10")
 def cw_inf_50x10(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255) -> jax.Array:
     """50 steps of 2/255 on the CW margin (κ = 0), 10 uniform restarts; a broken point keeps
     the restart that broke it."""
@@ -156,10 +151,23 @@ def cw_inf_50x10(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255) -> jax
                       kappa=0.0, init="uniform", restarts=10)
 
 
-NAMED: dict[str, Callable[..., jax.Array]] = {
-    "fgsm": fgsm,
-    "pgd20": pgd20,
-    "pgd20_trades": pgd20_trades,
-    "cw_inf_30": cw_inf_30,
-    "cw_inf_50x10": cw_inf_50x10,
-}
+def _check_pgd(*, steps, step_size, restarts, loss, kappa, init, normal_std) -> None:
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"steps must be >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
+    if step_size <= 0 or kappa < 0 or normal_std < 0:
+        raise ValueError(f"step_size must be > 0, kappa and normal_std >= 0; got step_size={step_size}, "
+                         f"kappa={kappa}, normal_std={normal_std}.")
+    if loss not in LOSSES:
+        raise ValueError(f"Unknown attack loss {loss!r}. Valid: {', '.join(LOSSES)}.")
+    if init not in INITS:
+        raise ValueError(f"Unknown PGD init {init!r}. Valid: {', '.join(INITS)}.")
+
+
+@register_attack("pgd", check=_check_pgd)
+def pgd_spec(logits_fn: LogitsFn, x, y, key, *, eps: float = 8 / 255, steps: int = 20, step_size: float = 2 / 255,
+             restarts: int = 1, loss: str = "ce", kappa: float = 0.0, init: str = "uniform",
+             normal_std: float = 0.001) -> jax.Array:
+    """`pgd_attack` with every option settable from a spec string ('pgd:steps=50,restarts=2,loss=cw');
+    the defaults are pgd20's."""
+    return pgd_attack(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps, loss=loss, init=init,
+                      normal_std=normal_std, restarts=restarts, kappa=kappa)

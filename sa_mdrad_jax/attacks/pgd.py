@@ -56,9 +56,15 @@ def pgd_from(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, start: jax
     return x_adv
 
 
+def sign_step(x_adv: jax.Array, grad: jax.Array, step_size: float) -> jax.Array:
+    """The L∞ steepest-ascent step x' + η·sign(g)."""
+    return x_adv + step_size * jnp.sign(grad)
+
+
 def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x: jax.Array, start: jax.Array,
                    carry: Any, *, eps: float, step_size: float, steps: int,
-                   unroll: int | bool | None = None) -> tuple[jax.Array, Any]:
+                   unroll: int | bool | None = None, step_rule: Callable = sign_step,
+                   projection: Callable = project) -> tuple[jax.Array, Any]:
     """PGD whose loss also threads an auxiliary state through the iterations.
 
     `loss_fn(z, carry) -> (per-example losses [B], new carry)`; returns (x', final carry). Used by
@@ -67,6 +73,11 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     With `steps=0` the carry is returned unchanged. `unroll` is the `fori_loop` unroll factor
     (True: fully unrolled); None uses the enclosing `loop_unroll(...)` context (default: rolled), so a
     benchmark can compare the two without threading a flag through every step builder.
+
+    This is the project's one PGD loop: training (`pgd`, `pgd_from`, the distillation step) and the
+    evaluation attacks (`iterative.pgd_run`, which tracks the first misclassified iterate in the
+    carry) all run it. `step_rule(x', g, η)` and `projection(x', x, ε)` are arguments (L∞ sign
+    step and projection onto the ε-ball ∩ [0, 1] by default), as in DeepMind's attack composition.
     """
     x = jax.lax.stop_gradient(x)
     grad_fn = jax.grad(lambda z, c: _summed(loss_fn(z, c)), has_aux=True)
@@ -74,11 +85,11 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     def body(_, val):
         x_adv, c = val
         g, c = grad_fn(x_adv, c)
-        return project(x_adv + step_size * jnp.sign(g), x, eps), c
+        return projection(step_rule(x_adv, g, step_size), x, eps), c
 
     start = jax.lax.stop_gradient(start)
     if steps == 0:
-        return jax.lax.stop_gradient(project(start, x, eps)), carry
+        return jax.lax.stop_gradient(projection(start, x, eps)), carry
     unroll = _UNROLL[-1] if unroll is None else unroll
     x_adv, carry = jax.lax.fori_loop(0, steps, body, (start, carry), unroll=unroll)
     return jax.lax.stop_gradient(x_adv), carry

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sa_mdrad_jax.attacks.registry import register_attack
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 _BREAKS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -68,6 +70,7 @@ def _signs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "n_queries", "p_init", "rescale_schedule"))
+@register_attack("square")
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float | jax.Array,
            n_queries: int = 5000, p_init: float = 0.8, rescale_schedule: bool = False) -> jax.Array:
     """Square attack (L∞, margin loss); returns x_adv in the ε-ball ∩ [0,1] of x (NHWC).

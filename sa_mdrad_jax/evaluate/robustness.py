@@ -18,22 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from sa_mdrad_jax import attacks, checkpoints, data, models
-from sa_mdrad_jax.config import ConfigError, check_attack_names, check_number
+from sa_mdrad_jax import config as config_lib
+from sa_mdrad_jax.config import ConfigError, check_number
+from sa_mdrad_jax.evaluate.batching import map_batched
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack")
 CURVE_EPS = tuple(e / 255 for e in (0, 1, 2, 4, 8, 16))
 
 
-def _batched(fn, x, y, batch_size: int):
-    """Applies fn(xb, yb, i) -> array over fixed-size batches (the last padded by repetition)."""
-    n = len(x)
-    outs = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        idx = np.arange(start, start + batch_size) % n  # the last batch wraps around: one compile
-        take = min(batch_size, n - start)
-        out = np.asarray(fn(jnp.asarray(x[idx]), jnp.asarray(y[idx]), i))
-        outs.append(out[:take])
-    return np.concatenate(outs)
+_batched = map_batched   # fn(xb, yb, i) over fixed-size batches (the last wraps around: one compile)
 
 
 @functools.cache
@@ -69,14 +62,31 @@ def robust_accuracy(logits_fn, attack, x, y, key, *, eps: float, batch_size: int
                                   x, y, batch_size)))
 
 
+SPECIAL_ATTACKS = ("clean", "autoattack")   # evaluated here, not through the attack registry
+
+
+def resolve_attack(name: str):
+    """The registered attack a name or spec string ('pgd:steps=50,restarts=2') denotes, looked up now."""
+    try:
+        return attacks.resolve(name)
+    except attacks.AttackSpecError as e:
+        raise ConfigError(f"{e} (also accepted: {', '.join(SPECIAL_ATTACKS)})") from None
+
+
+def check_attack_names(attack_names, what: str = "attacks") -> None:
+    """Raises ConfigError, before any work, naming every attack name or spec that cannot be resolved."""
+    config_lib.check_attack_names(attack_names, what, extra=SPECIAL_ATTACKS)
+
+
 def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_names=DEFAULT_ATTACKS,
                    eps: float = 8 / 255, batch_size: int = 200, seed: int = 0, curve_eps=CURVE_EPS) -> dict:
     """{'accuracy': {name: acc}, 'autoattack': report, 'curve': {eps: acc under pgd20}, 'seconds': ...}.
 
     Attacks are compiled once per architecture and batch size in a process (`model_logits`), for
-    every ε (traced).
+    every ε (traced). `attack_names` are registered attacks or spec strings (attacks/registry.py),
+    'clean' and 'autoattack'.
     """
-    check_attack_names(attack_names, "attacks")   # all of them before the first one runs
+    check_attack_names(attack_names)   # all of them before the first one runs
     logits_fn = model_logits(model, variables)
     key = jax.random.PRNGKey(seed)
     result = {"accuracy": {}, "seconds": {}, "eps": eps, "n_points": int(len(x)), "seed": seed}
@@ -90,11 +100,9 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
                                                jax.random.fold_in(key, k), eps=eps, batch_size=batch_size)
                 result["autoattack"] = report
                 acc = float(report["robust_accuracy"])
-            elif name in attacks.NAMED:
-                acc = robust_accuracy(logits_fn, attacks.NAMED[name], x, y, jax.random.fold_in(key, k), eps=eps,
-                                      batch_size=batch_size)
             else:
-                raise ConfigError(f"Unknown attack {name!r}. Valid: clean, autoattack, {', '.join(sorted(attacks.NAMED))}.")
+                acc = robust_accuracy(logits_fn, resolve_attack(name), x, y, jax.random.fold_in(key, k), eps=eps,
+                                      batch_size=batch_size)
             result["accuracy"][name] = acc
             result["seconds"][name] = time.perf_counter() - t0
         if curve_eps:
@@ -119,7 +127,7 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
     check_number(n_points, "n_points", integer=True, accepted="a positive number of test points")
     check_number(batch_size, "batch_size", integer=True, accepted="a positive integer")
     check_number(eps, "eps", high=1.0, accepted="in (0, 1] (pixels are in [0, 1]; --eps_255 in (0, 255])")
-    check_attack_names(attack_names, "attacks")
+    check_attack_names(attack_names)
     model_cfg, variables, meta = checkpoints.load_variables(workdir, step)
     model = models.get_model(**{**model_cfg, "dtype": "float32"})
     image_size = meta["image_shape"][0]

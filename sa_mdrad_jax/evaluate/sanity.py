@@ -63,7 +63,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sa_mdrad_jax import attacks
-from sa_mdrad_jax.attacks.losses import cross_entropy
+from sa_mdrad_jax.evaluate import batching
+from sa_mdrad_jax.losses import cross_entropy
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -118,19 +119,12 @@ class CheckResult:
 
 # ------------------------------------------------------------------------------ small helpers
 
-def _batches(n: int, batch_size: int):
-    """Fixed-size index batches covering range(n); the last wraps around (one compiled shape)."""
-    for start in range(0, n, batch_size):
-        yield np.arange(start, start + batch_size) % n, min(batch_size, n - start)
+_batches = batching.batches
 
 
 def _map_batched(fn, x: np.ndarray, y: np.ndarray, batch_size: int, key: jax.Array) -> np.ndarray:
     """Concatenates fn(xb, yb, key_i) over fixed-size batches (batch i gets fold_in(key, i))."""
-    outs = []
-    for i, (idx, take) in enumerate(_batches(len(x), batch_size)):
-        out = fn(jnp.asarray(x[idx]), jnp.asarray(y[idx]), jax.random.fold_in(key, i))
-        outs.append(np.asarray(out)[:take])
-    return np.concatenate(outs)
+    return batching.map_batched(lambda xb, yb, i: fn(xb, yb, jax.random.fold_in(key, i)), x, y, batch_size)
 
 
 def _pct(a: float) -> str:
@@ -415,10 +409,11 @@ def run_sanity_checks(logits_fn: LogitsFn, x, y, key: jax.Array, *, eps: float =
     results["S4"] = check_gradients(logits_fn, x, y, keys["s4"], eps=eps, batch_size=batch_size)
 
     clean = float(run.correct(x).mean())
-    apgd_ce = functools.partial(attacks.apgd_ce, n_iter=budget.apgd_iter)
-    square = functools.partial(attacks.square, n_queries=budget.square_queries)
-    acc = {"fgsm": float(run.attack("fgsm", attacks.fgsm, eps, keys["fgsm"]).mean()),
-           "pgd20": float(run.attack("pgd20", attacks.pgd20, eps, keys["pgd20"]).mean()),
+    named = attacks.NAMED   # the attack registry, read now
+    apgd_ce = functools.partial(named["apgd_ce"], n_iter=budget.apgd_iter)
+    square = functools.partial(named["square"], n_queries=budget.square_queries)
+    acc = {"fgsm": float(run.attack("fgsm", named["fgsm"], eps, keys["fgsm"]).mean()),
+           "pgd20": float(run.attack("pgd20", named["pgd20"], eps, keys["pgd20"]).mean()),
            "noise": float(run.record("noise", eps, _uniform_noise(x, keys["noise"], eps)).mean()),
            "square": float(run.attack("square", square, eps, keys["square"]).mean())}
 
@@ -429,7 +424,7 @@ def run_sanity_checks(logits_fn: LogitsFn, x, y, key: jax.Array, *, eps: float =
     recomputed = float(run.record("autoattack", eps, np.asarray(x_aa)).mean())
 
     # S5: one key for every radius (the uniform start is the same draw scaled by ε).
-    curve = {e: float(run.attack("pgd20", attacks.pgd20, e, keys["s5"]).mean()) for e in S5_EPS}
+    curve = {e: float(run.attack("pgd20", named["pgd20"], e, keys["s5"]).mean()) for e in S5_EPS}
     large = {}
     for e in S6_EPS:
         pgd_ok = run.attack("pgd_madry", _madry_pgd, e, keys["s6_pgd"])

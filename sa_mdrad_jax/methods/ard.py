@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sa_mdrad_jax.methods import losses
-from sa_mdrad_jax.methods.base import Method, Outputs, register
+from sa_mdrad_jax.methods.base import Method, Outputs, Recipe, register
 from sa_mdrad_jax.methods.pgd_at import ce_inner
 
 
@@ -23,7 +23,23 @@ def ard_loss(out: Outputs, *, alpha: float, tau: float, kl_scale: float) -> tupl
     return alpha * kd + (1.0 - alpha) * ce_nat, {"kd_adv": kd, "ce_nat": ce_nat}
 
 
-@register("ard")
+def robust_teacher(dataset: str) -> dict:
+    """ARD / IAD: an adversarially (PGD) trained WRN-34-10 teacher."""
+    del dataset
+    return {"wrn34_10_at": dict(name="wrn34_10")}
+
+
+def cifar_recipe(config, dataset: str) -> None:
+    """The reference codes' nn.KLDivLoss() 'mean' reduction: kl_scale = 1/C."""
+    config.method.kl_scale = 1.0 / (10 if dataset == "cifar10" else 100)
+
+
+# ARD: α τ² kl_scale KL(σ_τT(x) ‖ σ_τS(x')) + (1−α) CE(S(x)); attack BN in train mode.
+# Paper schedule: 200 epochs, one decay (0.1 -> 0.01) at epoch 100, wd 2e-4 (methods.md §3).
+@register("ard", defaults=dict(attack_init="uniform", attack_bn="train", alpha=1.0, tau=30.0, kl_scale=0.1),
+          benchmark=False,
+          recipe=Recipe(schedule=(200, (100,), 2e-4), robust_teachers=robust_teacher, cifar=cifar_recipe,
+                        terms={"igdm": None}))
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     opts = dict(alpha=config.alpha, tau=config.tau, kl_scale=config.kl_scale)

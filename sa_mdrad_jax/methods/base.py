@@ -101,6 +101,9 @@ class Method:
     init_state() -> pytree; state_inputs(out) -> {name: scalar} (averaged over the global batch,
         no gradient); update_state(state, inputs, step_ctx) -> state. The step applies the update
         before the outer loss, so `out.state` is this step's state (MTARD's order).
+    diagnostics(terms) -> {name: array}: method-specific per-step metrics from the outer loss's
+        terms, each a sum over this device's batch (the step sums them over devices; the loop
+        divides names ending in '_sum' by the example count). SA-MDRAD: its teacher weights.
     """
     name: str
     outer_loss: Callable[[Outputs], tuple[jax.Array, dict]]
@@ -119,6 +122,7 @@ class Method:
     init_state: Callable[[], Any] | None = None
     state_inputs: Callable[[Outputs], dict] | None = None
     update_state: Callable[[Any, dict, StepContext], Any] | None = None
+    diagnostics: Callable[[dict], dict] | None = None   # terms -> {metric: this device's batch sum}
 
     def __post_init__(self):
         if self.attack_bn not in ATTACK_BN:
@@ -172,29 +176,182 @@ def with_term(method: Method, term: Term) -> Method:
         inputs=inputs if has_inputs else None)
 
 
+TEACHER_KINDS = ("none", "robust", "natural", "robust+natural")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A method's paper training setting (methods/recipes.py builds `configs/<method>.py` from it).
+
+    schedule: (epochs, LR-decay boundaries in 0-based epochs, weight decay) of the paper (lr 0.1,
+        SGD momentum 0.9, batch 128), also what the digits grids scale to their epoch count.
+    robust_teachers(dataset) -> {teacher key: model kwargs}: the robust teacher(s) the paper
+        distils from on a CIFAR dataset (empty: none).
+    cifar(config, dataset): the paper's edits of a CIFAR config beyond the schedule (its attack,
+        kl_scale, BN order ...).
+    scale_epochs(config, epochs): epoch-indexed options scaled from the paper's epoch count to a
+        run of `epochs` (IAD's introspection gate); the digits recipe and grids call it.
+    at_eps(config, eps): the paper's attack and BN setting at another ε (TRADES: step 0.007/0.031·ε
+        and its three BN forwards); the grids that train "in the paper's setting" call it.
+    terms: {term name: edit(config, dataset) or None}: composable terms the paper pairs with this
+        method (`paper_config('<term>', '<dataset>,<student>,<method>')`), with the term paper's
+        own edits of the base recipe.
+    """
+    schedule: tuple
+    robust_teachers: Callable[[str], dict] | None = None
+    cifar: Callable[[Any, str], None] | None = None
+    scale_epochs: Callable[[Any, int], None] | None = None
+    at_eps: Callable[[Any, float], None] | None = None
+    terms: Mapping[str, Callable[[Any, str], None] | None] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """Everything the library knows about a registered method (see `register`)."""
+    name: str
+    factory: Callable[..., Method]
+    defaults: Mapping[str, Any] | None = None
+    teachers: str = "robust"
+    recipe: Recipe | None = None
+    schedule_of: str | None = None
+    grid_terms: tuple[str, ...] = ()
+    paper_grid: bool = True
+    quickstart: bool = False
+    benchmark: bool = True
+
+
 METHODS: dict[str, Callable[..., Method]] = {}
+SPECS: dict[str, MethodSpec] = {}
 TERMS: dict[str, Callable[..., Term]] = {}
+TERM_DEFAULTS: dict[str, dict] = {}
+COMMON_OPTIONS = ("name", "eps", "step_size", "steps")   # every method block: its name and its PGD attack
 
 
-def register(name: str):
-    """Registers a factory `make(method_config, teacher_names=None) -> Method` under `name`."""
+def register(name: str, *, defaults: Mapping[str, Any] | None = None, teachers: str = "robust",
+             recipe: Recipe | None = None, schedule_of: str | None = None, grid_terms: tuple[str, ...] = (),
+             paper_grid: bool = True, quickstart: bool = False, benchmark: bool = True, replace: bool = False):
+    """Registers a factory `make(method_config, teacher_names=None) -> Method` under `name`.
+
+    defaults: the method's options (its config block without `name`, the attack's eps / step_size /
+        steps and the composable terms, which every block has); `config.method_config(name)` is
+        this block, and a block with an option not listed here is a config error.
+    teachers: what a grid gives the method — 'none' (PGD-AT, TRADES: no teacher is read),
+        'robust' (one robust teacher), 'natural' (the natural teacher set, SA-MDRAD) or
+        'robust+natural' (MTARD: its block's `robust_teacher` / `natural_teacher` name them).
+    recipe: its paper's setting (`Recipe`; None: no `configs/<name>.py` paper recipe).
+    schedule_of: the registered method whose paper schedule it trains with when it has no recipe.
+    grid_terms: composable terms the paper grids also run on this method ('adaad+igdm').
+    paper_grid / quickstart / benchmark: whether the paper grids, the quickstart's default students
+        and the benchmark suite's default set include it.
+    replace: allow re-registering `name` (tests, notebooks).
+    """
+    if teachers not in TEACHER_KINDS:
+        raise ValueError(f"Unknown teacher kind {teachers!r} for method {name!r}. Valid: {', '.join(TEACHER_KINDS)}.")
+
     def deco(factory):
-        if name in METHODS:
+        if name in METHODS and not replace:
             raise ValueError(f"Method {name!r} is already registered.")
         METHODS[name] = factory
+        SPECS[name] = MethodSpec(name, factory, None if defaults is None else dict(defaults), teachers, recipe,
+                                 schedule_of, tuple(grid_terms), paper_grid, quickstart, benchmark)
         return factory
     return deco
 
 
-def register_term(name: str):
+def unregister(name: str) -> None:
+    """Removes a registered method (tests that register one of their own)."""
+    METHODS.pop(name, None)
+    SPECS.pop(name, None)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registration of `name`; an unknown name is a config error listing the registered ones."""
+    from sa_mdrad_jax.config import ConfigError
+    if name not in SPECS:
+        raise ConfigError(f"Unknown method {name!r}. Valid: {', '.join(SPECS)}.")
+    return SPECS[name]
+
+
+def method_names(**flags) -> tuple[str, ...]:
+    """Registered method names in registration order, filtered by MethodSpec fields
+    (`method_names(paper_grid=True)`, `method_names(quickstart=True)`)."""
+    return tuple(n for n, s in SPECS.items() if all(getattr(s, k) == v for k, v in flags.items()))
+
+
+def schedule_recipe(name: str) -> str:
+    """The registered method whose paper schedule `name` trains with (itself if it has a recipe)."""
+    spec = method_spec(name)
+    return name if spec.recipe is not None else (spec.schedule_of or name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TermRecipe:
+    """A composable term's paper setting on top of a base method's `Recipe`: `default_base` when
+    the config argument names none; `cifar(config, dataset)` / `digits(config)` switch the term on
+    with the paper's edits (the base's `Recipe.terms[<term>]` adds its own after `cifar`)."""
+    default_base: str
+    cifar: Callable[[Any, str], None]
+    digits: Callable[[Any], None]
+
+
+TERM_RECIPES: dict[str, TermRecipe] = {}
+
+
+def register_term(name: str, *, defaults: Mapping[str, Any] | None = None, recipe: TermRecipe | None = None,
+                  replace: bool = False):
     """Registers a composable term `make(term_config) -> Term`; a method config adds it with a
-    `<name>` sub-block whose `enabled` is True."""
+    `<name>` sub-block whose `enabled` is True. `defaults` is that sub-block (with `enabled=False`),
+    which every method block carries; `recipe` its paper setting (`paper_config('<name>', ...)`)."""
     def deco(factory):
-        if name in TERMS:
+        if name in TERMS and not replace:
             raise ValueError(f"Term {name!r} is already registered.")
         TERMS[name] = factory
+        TERM_DEFAULTS[name] = dict(enabled=False, **(defaults or {}))
+        if recipe is not None:
+            TERM_RECIPES[name] = recipe
         return factory
     return deco
+
+
+class _Options:
+    """A method block as its factory sees it: reading an option the block lacks is a config error
+    naming the block's keys (instead of ml_collections' bare AttributeError)."""
+
+    def __init__(self, block, method: str):
+        object.__setattr__(self, "_block", block)
+        object.__setattr__(self, "_method", method)
+
+    def __getattr__(self, key):
+        block = object.__getattribute__(self, "_block")
+        if key.startswith("__") or key in ("get", "keys", "items", "values", "to_dict"):
+            return getattr(block, key)
+        if key not in block:
+            from sa_mdrad_jax.config import ConfigError
+            spec = SPECS.get(self._method)
+            keys = sorted(set(COMMON_OPTIONS) | set(spec.defaults)) if spec and spec.defaults else sorted(block.keys())
+            raise ConfigError(f"Method {self._method!r} needs option {key!r}, which its config block lacks "
+                              f"(`config.method_config({self._method!r})` has every option). "
+                              f"Valid keys: {', '.join(keys)}.")
+        return block[key]
+
+    def __getitem__(self, key):
+        return self.__getattr__(key)
+
+    def __contains__(self, key):
+        return key in self._block
+
+
+def check_options(config) -> None:
+    """Raises ConfigError if the method block `config` has an option its method did not register."""
+    spec = method_spec(config.name)
+    if spec.defaults is None or not hasattr(config, "keys"):
+        return
+    valid = set(COMMON_OPTIONS) | set(spec.defaults) | set(TERMS)
+    unknown = sorted(set(config.keys()) - valid)
+    if unknown:
+        from sa_mdrad_jax.config import ConfigError
+        raise ConfigError(f"Method {config.name!r} has no option(s) {', '.join(map(repr, unknown))}. "
+                          f"Valid keys: {', '.join(sorted(valid))}.")
 
 
 def make_method(config, teacher_names: tuple[str, ...] | None = None) -> Method:
@@ -203,9 +360,9 @@ def make_method(config, teacher_names: tuple[str, ...] | None = None) -> Method:
     `teacher_names` (the config's `teachers` block keys, in their order = teacher index) lets a
     method name teachers (MTARD's robust/natural teacher); without it teacher 0, 1, ... are used.
     """
-    if config.name not in METHODS:
-        raise ValueError(f"Unknown method {config.name!r}. Valid: {', '.join(sorted(METHODS))}.")
-    method = METHODS[config.name](config, teacher_names)
+    method_spec(config.name)
+    check_options(config)
+    method = METHODS[config.name](_Options(config, config.name), teacher_names)
     for name in sorted(TERMS):
         block = config.get(name) if hasattr(config, "get") else None
         if block is not None and block.get("enabled", False):

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from sa_mdrad_jax.methods import losses
-from sa_mdrad_jax.methods.ard import ard_loss
-from sa_mdrad_jax.methods.base import Method, Outputs, register
+from sa_mdrad_jax.methods.ard import ard_loss, cifar_recipe, robust_teacher
+from sa_mdrad_jax.methods.base import Method, Outputs, Recipe, register
 from sa_mdrad_jax.methods.pgd_at import ce_inner
 
 
@@ -30,7 +30,16 @@ def introspection(out: Outputs, *, beta: float) -> jax.Array:
     return jnp.mean((1.0 - trust) * losses.kl_per_example(p_self, out.s_adv))
 
 
-@register("iad")
+def _scale_epochs(config, epochs: int) -> None:
+    config.method.start_epoch = round(60 * epochs / 200)   # IAD's gate at epoch 60 of 200, scaled
+
+
+# IAD-I: ARD + (epoch ≥ start_epoch) introspection weighted by 1 − p_T(x')_y^beta. ARD's schedule and teacher.
+@register("iad", defaults=dict(attack_init="uniform", attack_bn="train", alpha=1.0, tau=30.0, kl_scale=0.1,
+                               beta=0.1, start_epoch=60),
+          benchmark=False,
+          recipe=Recipe(schedule=(200, (100,), 2e-4), robust_teachers=robust_teacher, cifar=cifar_recipe,
+                        scale_epochs=_scale_epochs, terms={"igdm": None}))
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     opts = dict(alpha=config.alpha, tau=config.tau, kl_scale=config.kl_scale)

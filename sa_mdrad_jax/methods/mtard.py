@@ -14,7 +14,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sa_mdrad_jax.methods import losses
-from sa_mdrad_jax.methods.base import Method, Outputs, register, teacher_index
+from sa_mdrad_jax.methods.base import Method, Outputs, Recipe, register, teacher_index
+from sa_mdrad_jax.methods.rslad import SCHEDULE, robust_teacher
 
 
 # --- the adaptive balance (also SA-MDRAD's branch_weights='mtard') --------------------------------
@@ -58,7 +59,13 @@ def balance_method_hooks(eta0: float, branch_losses):
     return balance_init, state_inputs, update_state
 
 
-@register("mtard")
+# MTARD: robust teacher on x', natural teacher on x, MTARD balance (η = balance_lr).
+# robust_teacher / natural_teacher name entries of the `teachers` block. RSLAD's schedule and robust teacher;
+# the natural teacher (the official script instantiates a WRN-34-10 for both) comes from the teacher command.
+@register("mtard", defaults=dict(attack_init="normal", tau=1.0, kl_scale=0.1, balance_lr=0.025,
+                                 robust_teacher="robust", natural_teacher="natural"),
+          teachers="robust+natural", recipe=Recipe(schedule=SCHEDULE, robust_teachers=robust_teacher,
+                                                   terms={"igdm": None}))
 def make(config, teacher_names=None) -> Method:
     """config: robust_teacher / natural_teacher (names in the `teachers` block, or indices),
     kl_scale, tau, balance_lr (η0), attack_init."""

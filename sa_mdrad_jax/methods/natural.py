@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import jax
-import optax
+
+from sa_mdrad_jax.losses import cross_entropy
 
 
 def natural_loss(model, params, batch_stats, images: jax.Array, labels: jax.Array, key: jax.Array):
@@ -10,5 +11,5 @@ def natural_loss(model, params, batch_stats, images: jax.Array, labels: jax.Arra
     del key
     (logits, _), updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                        train=True, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss = cross_entropy(logits, labels).mean()
     return loss, (logits, updates["batch_stats"])

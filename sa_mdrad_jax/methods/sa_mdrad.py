@@ -10,12 +10,12 @@ Shapes: teacher logits `t` are [K, B, C] (teacher-major), labels `y` [B], weight
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from sa_mdrad_jax.methods.losses import kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
+from sa_mdrad_jax.losses import cross_entropy, kl_batchmean, kl_per_example  # noqa: F401  (re-exported)
+from sa_mdrad_jax.methods.trades import trades_inner
+from sa_mdrad_jax.train.connectors import Connector  # noqa: F401  (re-exported: r_k lives with the step's plumbing)
 
 RECTIFY = ("swap", "none", "soft", "drop")
 WEIGHTING = ("ca", "uniform", "softmax_neg_ce")
@@ -46,7 +46,7 @@ def is_wrong(logits: jax.Array, y: jax.Array) -> jax.Array:
 # --- weighting (from RAW logits, before rectification) -----------------------------------------
 def per_teacher_ce(t: jax.Array, y: jax.Array) -> jax.Array:
     """[K, B] cross-entropy of each teacher on each sample."""
-    return optax.softmax_cross_entropy_with_integer_labels(t, jnp.broadcast_to(y, t.shape[:-1]))
+    return cross_entropy(t, jnp.broadcast_to(y, t.shape[:-1]))
 
 
 def caw(t: jax.Array, y: jax.Array) -> jax.Array:
@@ -161,31 +161,6 @@ def staged_feature_loss(mapped, teacher_feats, w: jax.Array, kind: str = "mse") 
     return sum(feature_loss(m, f, w, kind) for m, f in zip(mapped, teacher_feats)) / len(mapped)
 
 
-# --- connectors --------------------------------------------------------------------------------
-class Connector(nn.Module):
-    """r_k: student map -> teacher map shape. Resize (average pooling when shrinking, bilinear
-    when enlarging), then 1×1 conv C_S→C_k, BatchNorm, ReLU (methods.md §2)."""
-    out_channels: int
-    out_size: tuple[int, int]
-    axis_name: str | None = None  # sync BN statistics over this mesh axis (like the student)
-
-    @nn.compact
-    def __call__(self, f: jax.Array, train: bool) -> jax.Array:
-        h, w = f.shape[1:3]
-        th, tw = self.out_size
-        if (h, w) != (th, tw):
-            if h % th == 0 and w % tw == 0 and h >= th and w >= tw:
-                f = nn.avg_pool(f, (h // th, w // tw), strides=(h // th, w // tw))
-            elif h >= th and w >= tw:  # shrinking by a non-integer factor: area-style resize
-                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "linear", antialias=True)
-            else:
-                f = jax.image.resize(f, (f.shape[0], th, tw, f.shape[3]), "bilinear", antialias=False)
-        f = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="conv")(f)
-        f = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name,
-                         name="bn")(f)
-        return nn.relu(f)
-
-
 # --- the outer loss ----------------------------------------------------------------------------
 TEACHER_INPUTS = ("adv", "clean", "hybrid")
 
@@ -221,7 +196,7 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
     if teacher_feats:
         f_adv = staged_feature_loss(mapped_adv, teacher_feats, w_nat, feature_distance_kind)
         f_nat = staged_feature_loss(mapped_nat, teacher_feats, w_nat, feature_distance_kind)
-    ce_adv = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(s_adv, y))
+    ce_adv = jnp.mean(cross_entropy(s_adv, y))
     b = beta * feature_weight
     loss = lambda_adv * (kl_adv + b * f_adv) + lambda_nat * (kl_nat + b * f_nat) + gamma * ce_adv
     terms = {"kl_adv": kl_adv, "kl_nat": kl_nat, "feat_adv": f_adv, "feat_nat": f_nat, "ce_adv": ce_adv,
@@ -246,14 +221,14 @@ def attack_loss(kind: str, *, target_opts: dict, tau: float):
     `tau` is the temperature of target and student in the KL-based attacks.
     """
     if kind == "ce":
-        return lambda c: optax.softmax_cross_entropy_with_integer_labels(c.s, c.y), ()
+        return lambda c: cross_entropy(c.s, c.y), ()
     if kind == "kl_fused_clean":
         def inner(c):
             p, _ = sample_adaptive_target(c.t_nat, c.y, **{**target_opts, "tau": tau})
             return kl_per_example(p, c.s, tau)
         return inner, ("t_nat",)
     if kind == "trades":
-        return lambda c: kl_per_example(jax.nn.softmax(c.s_nat, axis=-1), c.s), ("s_nat",)
+        return trades_inner, ("s_nat",)
     if kind == "kl_fused_adv":
         def inner(c):
             t = c.teachers(c.z)                     # [K,B,C], gradient w.r.t. z
@@ -265,11 +240,40 @@ def attack_loss(kind: str, *, target_opts: dict, tau: float):
 
 
 # --- registration ------------------------------------------------------------------------------
+def weight_diagnostics(terms: dict) -> dict:
+    """Per-step sums of the adversarial branch's teacher weights w [K,B] (methods.md §2 logs): per
+    teacher, and of their entropy."""
+    w = terms["w_adv"]
+    entropy = -jnp.sum(w * jnp.log(jnp.clip(w, 1e-12)), axis=0)          # [B]
+    return {"w_adv_sum": jnp.sum(w, axis=1), "w_adv_entropy_sum": jnp.sum(entropy)}
+
+
+DEFAULTS = dict(
+    attack_loss="ce",          # 'ce' | 'kl_fused_clean' | 'trades' | 'kl_fused_adv'
+    attack_tau=0.0,            # temperature of the KL attack losses; 0 = tau (target exactly p̄)
+    attack_init="normal",      # 0.001·N(0, I) start, the RSLAD/MTARD recipe
+    teacher_input_adv="adv",   # 'adv' | 'clean' | 'hybrid'
+    weighting="ca",            # 'ca' | 'uniform' | 'softmax_neg_ce'
+    weight_temperature=1.0,
+    rectify="swap",            # 'swap' | 'none' | 'soft' | 'drop'
+    rho=0.5,                   # 'soft' mixing weight
+    tau=4.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6,
+    branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
+    balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
+    beta=1.0,                  # feature term weight (0 = logits only)
+    gamma=0.0,                 # CE(s_adv, y) weight
+    feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
+    feature_distance="mse",    # 'mse' | 'normalized_mse'
+    feature_target="nat",      # teacher features from x ('nat') or x' ('adv')
+    feature_warmup_epochs=1,
+)
+
+
 def _register():
     from sa_mdrad_jax.methods.base import Method, Outputs, check_choice, register
     from sa_mdrad_jax.methods.mtard import balance_method_hooks
 
-    @register("sa_mdrad")
+    @register("sa_mdrad", defaults=DEFAULTS, teachers="natural", schedule_of="rslad", quickstart=True)
     def make(config, teacher_names=None) -> Method:
         """SA-MDRAD from `config` (the `method` block; every option of methods.md §2)."""
         del teacher_names
@@ -323,7 +327,8 @@ def _register():
                       inner_teachers=config.attack_loss == "kl_fused_adv",
                       attack_init=config.attack_init, attack_bn="eval", teacher_views=views,
                       student_views=("adv", "nat"), connectors=use_features,
-                      feature_target=config.feature_target, feature_stages=stages, **hooks)
+                      feature_target=config.feature_target, feature_stages=stages,
+                      diagnostics=weight_diagnostics, **hooks)
 
 
 _register()

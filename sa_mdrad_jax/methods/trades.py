@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sa_mdrad_jax.methods import losses
-from sa_mdrad_jax.methods.base import AttackContext, Method, Outputs, Term, register, register_term
+from sa_mdrad_jax.methods.base import AttackContext, Method, Outputs, Recipe, Term, register, register_term
 
 
 def trades_kl(s_nat: jax.Array, s_adv: jax.Array) -> jax.Array:
@@ -30,7 +30,23 @@ def trades_inner(ctx: AttackContext) -> jax.Array:
     return losses.kl_per_example(jax.nn.softmax(ctx.s_nat, axis=-1), ctx.s)
 
 
-@register("trades")
+def _cifar_recipe(config, dataset):
+    """train_trades_cifar10.py: 10 steps of 0.007 at ε = 0.031, and its S(x), S(x'), S(x) BN order."""
+    del dataset
+    config.method.update(eps=0.031, step_size=0.007, steps=10)
+    config.method.bn_forwards = 3
+
+
+def _at_eps(config, eps: float) -> None:
+    """train_trades_cifar10.py's 10 steps of 0.007 at ε = 0.031, as a fraction of ε, and its BN order."""
+    config.method.update(step_size=eps * 0.007 / 0.031, bn_forwards=3)
+
+
+# TRADES: CE(S(x)) + beta·KL_bm(σS(x) ‖ σS(x')); attack on the KL, 0.001·N start.
+# bn_forwards: 2 = S(x) shared by CE and KL; 3 = the reference's S(x), S(x'), S(x) BN-update order.
+# Paper schedule (train_trades_cifar10.py): 76 epochs, lr ×0.1 from (1-based) epochs 75, 90, 100; wd 2e-4.
+@register("trades", defaults=dict(attack_init="normal", beta=6.0, bn_forwards=2), teachers="none",
+          recipe=Recipe(schedule=(76, (74, 89, 99), 2e-4), cifar=_cifar_recipe, at_eps=_at_eps))
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     beta = config.beta
@@ -42,7 +58,7 @@ def make(config, teacher_names=None) -> Method:
 
     def outer(out: Outputs):
         ce = jnp.mean(losses.ce(out.s_nat, out.y))
-        kl = trades_kl(out.s[kl_view], out.s_adv)
+        kl = trades_kl(out.s_nat if kl_view == "nat" else out.s[kl_view], out.s_adv)
         return ce + beta * kl, {"ce_nat": ce, "trades_kl": kl}
 
     views = ("nat", "adv", "nat_again") if bn_forwards == 3 else ("nat", "adv")
@@ -51,7 +67,8 @@ def make(config, teacher_names=None) -> Method:
                   attack_init=config.attack_init, attack_bn="eval", student_views=views, inputs=inputs)
 
 
-@register_term("trades_kl")
+# TRADES's KL: + weight·KL_bm(σS(x) ‖ σS(x')), gradient through both branches
+@register_term("trades_kl", defaults=dict(weight=6.0))
 def make_term(config) -> Term:
     """+ weight · KL_bm(σ S(x) ‖ σ S(x')) on any method (config: weight, 6 in TRADES)."""
     weight = config.weight

@@ -15,7 +15,7 @@ Adding a method never touches this file.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -26,65 +26,10 @@ from jax.sharding import PartitionSpec as P
 from sa_mdrad_jax.attacks.pgd import pgd_with_carry
 from sa_mdrad_jax.data import augment as augment_lib
 from sa_mdrad_jax.methods.base import AttackContext, Method, Outputs, StepContext
-from sa_mdrad_jax.methods.sa_mdrad import Connector
+from sa_mdrad_jax.train.connectors import (ConnectorSpec, apply_connectors, connector_key,  # noqa: F401
+                                           feature_shapes, init_connectors, make_connectors)
 from sa_mdrad_jax.train.input import DATA_AXIS as DATA
 from sa_mdrad_jax.train.state import TrainState
-
-
-# --- connectors: one per (teacher, distilled stage) ---------------------------------------------
-class ConnectorSpec(NamedTuple):
-    key: str          # 't{k}' for the final stage, 't{k}_{stage}' otherwise (variables live under it)
-    teacher: int
-    stage: str
-    module: Connector
-
-
-def connector_key(teacher: int, stage: str) -> str:
-    return f"t{teacher}" if stage == "final" else f"t{teacher}_{stage}"
-
-
-def feature_shapes(model: nn.Module, image_shape) -> dict:
-    """{feature name: shape} of `model`'s feature maps for one image of `image_shape`."""
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0], x)
-    return {k: tuple(v.shape) for k, v in out[1].items()}
-
-
-def make_connectors(student_shapes, teacher_shapes, axis_name: str | None = DATA,
-                    stages: Sequence[str] = ("final",)) -> tuple[ConnectorSpec, ...]:
-    """Connectors r_{k,s}: student stage s -> teacher k's stage s shape.
-
-    `teacher_shapes`: per teacher, a {stage: shape} dict (or just the final map's shape). A stage
-    missing from a teacher (or the student) is an error naming the stages it has.
-    """
-    specs = []
-    for stage in stages:
-        if isinstance(student_shapes, dict) and stage not in student_shapes:
-            raise ValueError(f"Feature stage {stage!r} is not a student stage. Valid: {', '.join(student_shapes)}.")
-        for k, shapes in enumerate(teacher_shapes):
-            if not isinstance(shapes, dict):
-                shapes = {"final": tuple(shapes)}
-            if stage not in shapes:
-                raise ValueError(f"Feature stage {stage!r} is not a stage of teacher {k}. "
-                                 f"Valid: {', '.join(shapes)}.")
-            s = shapes[stage]
-            specs.append(ConnectorSpec(connector_key(k, stage), k, stage,
-                                       Connector(out_channels=s[-1], out_size=tuple(s[1:3]), axis_name=axis_name)))
-    return tuple(specs)
-
-
-def init_connectors(key, connectors: Sequence[ConnectorSpec], student_shapes) -> dict:
-    """{'params': {key: ...}, 'batch_stats': {key: ...}} for every connector.
-
-    `student_shapes`: the student's {stage: shape} (or the final map's shape)."""
-    if not isinstance(student_shapes, dict):
-        student_shapes = {"final": tuple(student_shapes)}
-    params, stats = {}, {}
-    for i, c in enumerate(connectors):
-        f = jnp.zeros((1, *student_shapes[c.stage][1:]), jnp.float32)
-        v = c.module.init(jax.random.fold_in(key, i), f, train=False)
-        params[c.key], stats[c.key] = v["params"], v["batch_stats"]
-    return {"params": params, "batch_stats": stats}
 
 
 def epoch_context(config, epoch: int) -> StepContext:
@@ -95,10 +40,6 @@ def epoch_context(config, epoch: int) -> StepContext:
     if config.optim.schedule == "piecewise":
         decays = sum(int(epoch >= b) for b in config.optim.boundaries)
     return StepContext.make(epoch=epoch, feature_weight=0.0 if epoch < warm else 1.0, lr_decays=decays)
-
-
-def _entropy(w):  # [K,B] -> [B]
-    return -jnp.sum(w * jnp.log(jnp.clip(w, 1e-12)), axis=0)
 
 
 def attack_student(model, params, bn_mode: str):
@@ -147,6 +88,11 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
     'connector_opt_state') and the method state ('method') when the method has them.
     `teacher_vars` is a tuple of each teacher's {'params', 'batch_stats'} (replicated, frozen).
     `ctx` is a `StepContext` (a bare number is taken as its feature_weight).
+
+    The per-device step (`local`) is the algorithm of the module docstring, one named piece each:
+    `augment_batch`, `clean_teacher_outputs`, `attack`, `views`, `teacher_outputs`,
+    `student_forwards` (with the connectors), `method_loss` (method state, then outer loss),
+    `update` and `step_metrics`.
     """
     all_teachers = tuple(range(len(teachers)))
     view_teachers = dict(method.view_teachers or {})
@@ -155,6 +101,7 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
         t_views.append("nat")
     feature_views = (method.feature_target,) if method.connectors else ()
     stages = tuple(method.feature_stages)
+    nograd = jax.lax.stop_gradient
 
     def teach(teacher_vars, z, which=all_teachers, features=False):
         """Teacher logits [K,B,C] (and per-stage feature maps) at z; frozen weights, eval mode."""
@@ -167,81 +114,76 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
                     feats[s].append(ft[s].astype(jnp.float32))
         return jnp.stack(logits), tuple(tuple(feats[s]) for s in stages)
 
-    def local(state, teacher_vars, images, labels, aug, noise, ctx):
-        x = augment_lib.augment(images, aug, pad=pad) if augment else augment_lib.to_float(images)
-        y = labels
-        bs = state.batch_stats
-        nograd = jax.lax.stop_gradient
+    def augment_batch(images, aug):
+        """1. The uint8 batch as floats in [0, 1], randomly cropped/flipped."""
+        return augment_lib.augment(images, aug, pad=pad) if augment else augment_lib.to_float(images)
+
+    def clean_teacher_outputs(teacher_vars, x):
+        """2. Teachers on x (logits, and features if the method distils them from x), once."""
         t, f_teachers = {}, None
         if "nat" in t_views or "nat" in feature_views:
             t_nat, f = teach(teacher_vars, x, view_teachers.get("nat", all_teachers), "nat" in feature_views)
             t["nat"] = nograd(t_nat)
             f_teachers = nograd(f) if "nat" in feature_views else None
+        return t, f_teachers
 
-        if method.inner_loss is not None:
-            if method.attack_bn == "train" and not sync_bn:   # local statistics vary per device
-                bs = jax.lax.pcast(bs, DATA, to="varying")
-            start = {"uniform": x + eps * noise, "normal": x + 0.001 * noise, "none": x}[method.attack_init]
-            x_adv, bs = adversarial_examples(
-                method, attack_student(model, nograd(state.params), method.attack_bn), x, y, start, bs,
-                teachers_at=lambda z: teach(teacher_vars, z)[0],   # with gradient w.r.t. z (AdaAD)
-                t_nat=t.get("nat"), ctx=ctx, eps=eps, step_size=step_size, steps=steps)
-        else:
-            x_adv = x
+    def attack(state, teacher_vars, x, y, noise, t_nat, ctx, bs):
+        """3. x' by PGD on the method's inner loss (x itself without an inner loss); BN statistics after it."""
+        if method.inner_loss is None:
+            return x, bs
+        if method.attack_bn == "train" and not sync_bn:   # local statistics vary per device
+            bs = jax.lax.pcast(bs, DATA, to="varying")
+        start = {"uniform": x + eps * noise, "normal": x + 0.001 * noise, "none": x}[method.attack_init]
+        return adversarial_examples(
+            method, attack_student(model, nograd(state.params), method.attack_bn), x, y, start, bs,
+            teachers_at=lambda z: teach(teacher_vars, z)[0],   # with gradient w.r.t. z (AdaAD)
+            t_nat=t_nat, ctx=ctx, eps=eps, step_size=step_size, steps=steps)
+
+    def views(x, x_adv):
+        """The named inputs: 'nat' = x, 'adv' = x', and the method's own (IGDM's x ± δ)."""
         inputs = {"nat": x, "adv": x_adv}
         if method.inputs is not None:
             inputs.update(method.inputs(x, x_adv))
+        return inputs
+
+    def teacher_outputs(teacher_vars, inputs, t, f_teachers):
+        """4. Teachers once per remaining view (and features from x' if the method distils those)."""
         for view in t_views:
             if view not in t:
                 t[view] = nograd(teach(teacher_vars, inputs[view], view_teachers.get(view, all_teachers))[0])
         if "adv" in feature_views:
-            f_teachers = nograd(teach(teacher_vars, x_adv, features=True)[1])
-        m_state = state.extra.get("method")
+            f_teachers = nograd(teach(teacher_vars, inputs["adv"], features=True)[1])
+        return t, f_teachers
 
-        def loss_fn(trainable, bs):
-            params, conn = trainable
-            logits, mapped, conn_bs = {}, {}, conn.get("batch_stats", {})
-            for view in method.student_views:
-                (lg, ft), upd = model.apply({"params": params, "batch_stats": bs}, inputs[view], train=True,
-                                            mutable=["batch_stats"])
-                bs, logits[view] = upd["batch_stats"], lg
-                if method.connectors and view in ("adv", "nat"):
-                    per_stage = []
-                    for s in stages:
-                        outs = []
-                        for c in connectors:
-                            if c.stage != s:
-                                continue
-                            out, u = c.module.apply({"params": conn["params"][c.key], "batch_stats": conn_bs[c.key]},
-                                                    ft[s].astype(jnp.float32), train=True, mutable=["batch_stats"])
-                            conn_bs = {**conn_bs, c.key: u["batch_stats"]}
-                            outs.append(out)
-                        per_stage.append(tuple(outs))
-                    mapped[view] = tuple(per_stage)
-            out = Outputs(y=y, s_adv=logits.get("adv"), s_nat=logits.get("nat"), t_adv=t.get("adv"),
-                          t_nat=t.get("nat"), f_teachers=f_teachers, mapped_adv=mapped.get("adv"),
-                          mapped_nat=mapped.get("nat"), feature_weight=ctx.feature_weight, s=logits, t=t,
-                          step=ctx, state=m_state)
-            new_state = m_state
-            if method.update_state is not None:
-                # The state update reads global-batch means (so N devices == 1) and has no gradient.
-                seen = jax.lax.pmean(nograd(method.state_inputs(out)), DATA)
-                new_state = method.update_state(m_state, seen, ctx)
-                out = out._replace(state=new_state)
-            loss, terms = method.outer_loss(out)
-            return loss, (logits, bs, conn_bs, terms, new_state)
+    def student_forwards(params, conn, bs, inputs):
+        """5a. Student train-mode forwards per view, in the method's order (the order of the BN
+        statistics updates), and the connectors on x and x' features."""
+        logits, mapped, conn_bs = {}, {}, conn.get("batch_stats", {})
+        for view in method.student_views:
+            (lg, ft), upd = model.apply({"params": params, "batch_stats": bs}, inputs[view], train=True,
+                                        mutable=["batch_stats"])
+            bs, logits[view] = upd["batch_stats"], lg
+            if method.connectors and view in ("adv", "nat"):
+                mapped[view], conn_bs = apply_connectors(connectors, conn["params"], conn_bs, ft, stages)
+        return logits, mapped, bs, conn_bs
 
-        conn_vars = state.extra.get("connectors", {"params": {}, "batch_stats": {}})
-        # Gradients w.r.t. device-varying copies of the replicated parameters: this device's own
-        # gradient, averaged explicitly below (see train/step.py).
-        p_local = jax.lax.pcast(state.params, DATA, to="varying")
-        c_local = jax.lax.pcast(conn_vars["params"], DATA, to="varying")
-        loss_of = lambda p, cp: loss_fn((p, {"params": cp, "batch_stats": conn_vars["batch_stats"]}), bs)
-        (loss, (logits, bs, conn_bs, terms, m_state)), (g_params, g_conn) = jax.value_and_grad(
-            loss_of, argnums=(0, 1), has_aux=True)(p_local, c_local)
-        g_params, g_conn = jax.lax.pmean((g_params, g_conn), DATA)
-        if not sync_bn:
-            bs, conn_bs = jax.lax.pmean((bs, conn_bs), DATA)
+    def method_loss(logits, mapped, t, f_teachers, y, ctx, m_state):
+        """5b. The method state update (global-batch means, no gradient: N devices == 1), then the
+        outer loss on this step's state."""
+        out = Outputs(y=y, s_adv=logits.get("adv"), s_nat=logits.get("nat"), t_adv=t.get("adv"),
+                      t_nat=t.get("nat"), f_teachers=f_teachers, mapped_adv=mapped.get("adv"),
+                      mapped_nat=mapped.get("nat"), feature_weight=ctx.feature_weight, s=logits, t=t,
+                      step=ctx, state=m_state)
+        new_state = m_state
+        if method.update_state is not None:
+            seen = jax.lax.pmean(nograd(method.state_inputs(out)), DATA)
+            new_state = method.update_state(m_state, seen, ctx)
+            out = out._replace(state=new_state)
+        loss, terms = method.outer_loss(out)
+        return loss, terms, new_state
+
+    def update(state, g_params, g_conn, conn_vars, bs, conn_bs, m_state):
+        """6. The SGD update of the student and the connectors; BN statistics and method state kept."""
         updates, opt_state = tx.update(g_params, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         extra = dict(state.extra)
@@ -252,7 +194,11 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
             extra["connector_opt_state"] = c_opt
         if method.update_state is not None:
             extra["method"] = m_state
+        return state.replace(step=state.step + 1, params=params, batch_stats=bs, opt_state=opt_state, extra=extra)
 
+    def step_metrics(loss, logits, terms, t, y):
+        """Global sums: loss, accuracy (x' and x), the method's terms and diagnostics, the teachers'
+        accuracy per view and the fraction of examples every teacher gets wrong."""
         n = jnp.asarray(y.shape[0], jnp.float32)
         psum = lambda v: jax.lax.psum(v, DATA)
         s_main = logits.get("adv", logits.get("nat"))
@@ -269,11 +215,36 @@ def make_distill_step(method: Method, model: nn.Module, teachers: Sequence[nn.Mo
                 right = jnp.argmax(t[view], -1) == y                              # [K,B]
                 metrics[f"teacher_correct_{view}"] = psum(jnp.sum(right, axis=1).astype(jnp.float32))
                 metrics[f"all_wrong_{view}_sum"] = psum(jnp.sum(~jnp.any(right, axis=0)).astype(jnp.float32))
-        if "w_adv" in terms:
-            metrics["w_adv_sum"] = psum(jnp.sum(terms["w_adv"], axis=1))         # [K]
-            metrics["w_adv_entropy_sum"] = psum(jnp.sum(_entropy(terms["w_adv"])))
-        state = state.replace(step=state.step + 1, params=params, batch_stats=bs, opt_state=opt_state, extra=extra)
-        return state, metrics
+        if method.diagnostics is not None:
+            metrics.update({name: psum(value) for name, value in method.diagnostics(terms).items()})
+        return metrics
+
+    def local(state, teacher_vars, images, labels, aug, noise, ctx):
+        x, y = augment_batch(images, aug), labels
+        t, f_teachers = clean_teacher_outputs(teacher_vars, x)
+        x_adv, bs = attack(state, teacher_vars, x, y, noise, t.get("nat"), ctx, state.batch_stats)
+        inputs = views(x, x_adv)
+        t, f_teachers = teacher_outputs(teacher_vars, inputs, t, f_teachers)
+        m_state = state.extra.get("method")
+
+        def loss_of(params, conn_params):
+            conn = {"params": conn_params, "batch_stats": conn_vars["batch_stats"]}
+            logits, mapped, new_bs, conn_bs = student_forwards(params, conn, bs, inputs)
+            loss, terms, new_state = method_loss(logits, mapped, t, f_teachers, y, ctx, m_state)
+            return loss, (logits, new_bs, conn_bs, terms, new_state)
+
+        conn_vars = state.extra.get("connectors", {"params": {}, "batch_stats": {}})
+        # Gradients w.r.t. device-varying copies of the replicated parameters: this device's own
+        # gradient, averaged explicitly below (see train/step.py).
+        p_local = jax.lax.pcast(state.params, DATA, to="varying")
+        c_local = jax.lax.pcast(conn_vars["params"], DATA, to="varying")
+        (loss, (logits, bs, conn_bs, terms, m_state)), (g_params, g_conn) = jax.value_and_grad(
+            loss_of, argnums=(0, 1), has_aux=True)(p_local, c_local)
+        g_params, g_conn = jax.lax.pmean((g_params, g_conn), DATA)
+        if not sync_bn:
+            bs, conn_bs = jax.lax.pmean((bs, conn_bs), DATA)
+        state = update(state, g_params, g_conn, conn_vars, bs, conn_bs, m_state)
+        return state, step_metrics(loss, logits, terms, t, y)
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA), P(DATA), P(DATA), P(DATA), P()),
                             out_specs=(P(), P()))

@@ -423,7 +423,7 @@ def _robust_evaluator(config, setup: Setup):
     from sa_mdrad_jax import attacks
     eps = config.eval.robust_eps or (config.method.eps if "method" in config else 8 / 255)
     model = models.get_model(**{**setup.model_config, "dtype": "float32"})
-    robust_on = step_lib.compiled_robust_eval(model, setup.mesh, attacks.NAMED[config.eval.robust_attack],
+    robust_on = step_lib.compiled_robust_eval(model, setup.mesh, attacks.resolve(config.eval.robust_attack),
                                               per_device_batch=setup.eval_per_device_batch)
 
     def evaluate(variables, epoch):
