@@ -51,6 +51,9 @@ def _cifar_recipe(config, dataset: str) -> None:
 
 def _digits_recipe(config) -> None:
     config.method.igdm.enabled = True
+    # The ramp spans the run, as the reference's E_ref = 200 spans its 200 epochs (with 200 here the
+    # weight would stay below α·epochs/200, a tenth of α over a few epochs).
+    config.method.igdm.e_ref = float(config.train.epochs)
 
 
 # IGDM: + α·(epoch/E_ref)·KL_bm(σ(T(x+βδ) − T(x−γδ)) ‖ σ(S(x+βδ) − S(x−γδ)));
