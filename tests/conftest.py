@@ -12,6 +12,14 @@ if "xla_force_host_platform_device_count" not in _flags:
 # Subprocesses started by tests (CLI runs, multi-process runs) inherit this through the environment.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
+# The CLI's persistent compilation cache (default under $XDG_CACHE_HOME) goes to a fresh directory
+# per test session: CLI runs of one session share their compilations, and no run starts from the
+# user's (or an earlier session's) warm cache. Each pytest-xdist worker process imports this file,
+# so each gets its own directory; subprocesses inherit their worker's.
+import tempfile  # noqa: E402
+
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sa_mdrad_tests_cache_")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
