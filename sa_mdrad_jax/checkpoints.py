@@ -8,7 +8,6 @@ several hosts, coordinated by Orbax (every process calls save; each writes its s
 from __future__ import annotations
 
 import functools
-import os
 import re
 import time
 from typing import Any
@@ -17,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from sa_mdrad_jax import paths
 
 MODEL_KEYS = ("name", "width", "num_classes", "normalize")
 
@@ -69,7 +70,7 @@ def _first_failing_item(exc: BaseException) -> str:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return paths.join(paths.absolute(workdir), "checkpoints")
 
 
 def model_signature(model_config) -> dict:
@@ -216,12 +217,11 @@ class Checkpointer:
 
     def move_aside(self, step: int) -> str:
         """Moves step `step` out of the checkpoint directory (process 0); returns where to."""
-        target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
-        if os.path.exists(target):
+        target = paths.join(paths.parent(self.directory), "corrupt_checkpoints", str(step))
+        if paths.exists(target):
             target += time.strftime("-%Y%m%d-%H%M%S")
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.rename(os.path.join(self.directory, str(step)), target)
+            paths.rename(paths.join(self.directory, str(step)), target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"sa_mdrad_move_aside_{step}")
@@ -263,7 +263,7 @@ def load_variables(workdir: str, step: int | None = None, *, best: bool = False)
 def has_checkpoint(workdir: str) -> bool:
     """Whether `workdir` already holds a checkpoint directory with anything in it."""
     directory = checkpoint_dir(workdir)
-    return os.path.isdir(directory) and bool(os.listdir(directory))
+    return bool(paths.listdir(directory))
 
 
 def save_variables(workdir: str, model_config, variables, *, image_shape, meta: dict | None = None) -> None:

@@ -80,9 +80,11 @@ FLAGS: flags.FlagValues | None = None
 
 
 def default_compilation_cache_dir() -> str:
-    """$XDG_CACHE_HOME/sa_mdrad_jax/jax_cache, ~/.cache/... when XDG_CACHE_HOME is unset."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "sa_mdrad_jax", "jax_cache")
+    """$XDG_CACHE_HOME/sa_mdrad_jax/jax_cache, ~/.cache/... when XDG_CACHE_HOME is unset (a local
+    directory of this host: JAX's own cache, not a workdir path)."""
+    from sa_mdrad_jax import paths
+    root = os.environ.get("XDG_CACHE_HOME") or paths.join(paths.absolute("~"), ".cache")
+    return paths.join(root, "sa_mdrad_jax", "jax_cache")
 
 
 def configure_compilation_cache(directory: str) -> None:
@@ -90,7 +92,8 @@ def configure_compilation_cache(directory: str) -> None:
 
     Programs that compile in under a second are not stored (JAX's default threshold)."""
     import jax
-    directory = os.path.abspath(os.path.expanduser(directory)) if directory else None
+    from sa_mdrad_jax import paths
+    directory = paths.absolute(directory) if directory else None   # JAX's cache takes gs:// too
     if jax.config.jax_compilation_cache_dir == directory:
         return
     jax.config.update("jax_compilation_cache_dir", directory)
@@ -127,7 +130,8 @@ def _evaluate(argv):
         if getattr(FLAGS, flag) < 1:
             raise UsageError(f"--{flag} must be a positive integer; got {getattr(FLAGS, flag)}.")
     config_lib.check_attack_names(names, "--attacks")   # every name, before the checkpoint is loaded
-    out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "evaluation")
+    from sa_mdrad_jax import paths
+    out_dir = FLAGS.out_dir or paths.join(FLAGS.workdir, "evaluation")
     record = robustness.evaluate_checkpoint(FLAGS.workdir, attack_names=names, n_points=FLAGS.n_points,
                                             eps=FLAGS.eps_255 / 255, batch_size=FLAGS.batch_size,
                                             seed=FLAGS.seed, data_dir=FLAGS.data_dir, out_dir=out_dir,

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Loads `path[:arg]` by calling the module's `get_config([arg])`."""
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path):   # local-only: a Python module, imported from a local file
         raise ConfigError(f"Config file {path!r} does not exist.")
     module_spec = importlib.util.spec_from_file_location("_sa_mdrad_config", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -228,12 +228,9 @@ def _validate_selection(config: ml_collections.ConfigDict) -> None:
 
 def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the fully resolved config to `workdir/config.json`; returns the path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    from sa_mdrad_jax import paths
+    path = paths.join(workdir, "config.json")
+    paths.write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
     return path
 
 

@@ -33,13 +33,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import time
 from typing import Callable
 
 import ml_collections
 
-from sa_mdrad_jax import config as config_lib, workdir_lock
+from sa_mdrad_jax import config as config_lib, paths, workdir_lock
 
 DONE_FILE = "grid_done.json"   # written after a run's training returned: the config it finished with
 EVAL_DIR = "evaluation"
@@ -96,13 +95,13 @@ def expand(grid: dict) -> list[Run]:
     """The student runs in the order they are trained: seed-major (every method's first seed
     before any second seed, so an interrupted grid still has a complete table), then dataset,
     student, method."""
-    return [Run(d, s, m, int(seed), os.path.join(grid["root"], d, s, m, f"seed{seed}"))
+    return [Run(d, s, m, int(seed), paths.join(grid["root"], d, s, m, f"seed{seed}"))
             for seed in grid["seeds"] for d in grid["datasets"] for s in grid["students"] for m in grid["methods"]]
 
 
 def teacher_workdir(grid: dict, dataset: str, name: str) -> str:
     spec = grid["teachers"].get(dataset, {}).get(name, {})
-    return spec.get("workdir") or os.path.join(grid["root"], dataset, "teachers", name)
+    return spec.get("workdir") or paths.join(grid["root"], dataset, "teachers", name)
 
 
 def set_dotted(config: ml_collections.ConfigDict, dotted: str, value) -> None:
@@ -157,25 +156,23 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
     """Whether `workdir` finished training with exactly `config` (its done-marker matches)."""
-    path = os.path.join(workdir, DONE_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, DONE_FILE)
+    if not paths.exists(path):
         return False
-    with open(path) as f:
-        done = json.load(f)
+    done = json.loads(paths.read_text(path))
     return done.get("config") == _config_json(config)
 
 
 def mark_finished(workdir: str, config: ml_collections.ConfigDict, result: dict) -> None:
-    with open(os.path.join(workdir, DONE_FILE), "w") as f:
-        json.dump({"config": _config_json(config), "final": result}, f, indent=2, default=float)
+    paths.write_text(paths.join(workdir, DONE_FILE),
+                     json.dumps({"config": _config_json(config), "final": result}, indent=2, default=float))
 
 
 def final_step(workdir: str) -> int | None:
-    path = os.path.join(workdir, DONE_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, DONE_FILE)
+    if not paths.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)["final"].get("step")
+    return json.loads(paths.read_text(path))["final"].get("step")
 
 
 def train_run(workdir: str, config: ml_collections.ConfigDict, train_fn: Callable | None = None,
@@ -233,11 +230,10 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
                  log: Callable = print, eval_dir: str = EVAL_DIR) -> dict:
     """The run's evaluation record: read from `<workdir>/<eval_dir>/evaluation.json` if it matches,
     else computed (and written there)."""
-    path = os.path.join(workdir, eval_dir, "evaluation.json")
+    path = paths.join(workdir, eval_dir, "evaluation.json")
     step = selected_step(workdir, evaluation)
-    if os.path.exists(path):
-        with open(path) as f:
-            record = json.load(f)
+    if paths.exists(path):
+        record = json.loads(paths.read_text(path))
         if evaluation_matches(record, evaluation, step):
             log(f"skip (evaluated): {workdir}")
             return record
@@ -249,7 +245,7 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
         kwargs["split"] = evaluation["split"]
     return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
                        eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
-                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=os.path.join(workdir, eval_dir), **kwargs)
+                       curve_eps=tuple(evaluation["curve_eps"]), out_dir=paths.join(workdir, eval_dir), **kwargs)
 
 
 def evaluation_dir(grid: dict) -> str:
@@ -274,21 +270,20 @@ def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]
 def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None:
     """Copies each run's `<eval_dir>/evaluation.json` and metrics.jsonl into `results_dir` (flat, by run)."""
     for sub in ("evaluations", "metrics"):
-        os.makedirs(os.path.join(results_dir, sub), exist_ok=True)
+        paths.makedirs(paths.join(results_dir, sub))
     for run in runs:
-        ev = os.path.join(run.workdir, eval_dir, "evaluation.json")
-        if os.path.exists(ev):
-            with open(ev) as f:
-                record = json.load(f)
+        ev = paths.join(run.workdir, eval_dir, "evaluation.json")
+        if paths.exists(ev):
+            record = json.loads(paths.read_text(ev))
             # The run's coordinates travel with the record, so the report needs nothing else.
             record["run"] = {"dataset": run.dataset, "student": run.student, "method": run.method,
                              "seed": run.seed, "stem": run.file_stem}
             record.pop("checkpoint", None)   # an absolute path on the machine that ran it
-            with open(os.path.join(results_dir, "evaluations", run.file_stem + ".json"), "w") as f:
-                json.dump(record, f, indent=2, default=float)
-        metrics = os.path.join(run.workdir, "metrics.jsonl")
-        if os.path.exists(ev) and os.path.exists(metrics):   # finished, evaluated runs only
-            _copy(metrics, os.path.join(results_dir, "metrics", run.file_stem + ".jsonl"))
+            paths.write_text(paths.join(results_dir, "evaluations", run.file_stem + ".json"),
+                             json.dumps(record, indent=2, default=float))
+        metrics = paths.join(run.workdir, "metrics.jsonl")
+        if paths.exists(ev) and paths.exists(metrics):   # finished, evaluated runs only
+            paths.copy(metrics, paths.join(results_dir, "metrics", run.file_stem + ".jsonl"))
 
 
 LOCK_FILE = workdir_lock.LOCK_FILE
@@ -303,11 +298,6 @@ def acquire(workdir: str) -> bool:
 
 def release(workdir: str) -> None:
     workdir_lock.release(workdir)
-
-
-def _copy(src: str, dst: str) -> None:
-    with open(src) as f, open(dst, "w") as g:
-        g.write(f.read())
 
 
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,

@@ -14,11 +14,11 @@ with the same stem. From them:
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
 
 import numpy as np
+
+from sa_mdrad_jax import paths
 
 COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw_inf_30": "CW∞", "autoattack": "AutoAttack"}
 # Train-record fields that are not method diagnostics.
@@ -27,9 +27,8 @@ _TRAIN_FIELDS = {"step", "kind", "time", "loss", "accuracy", "lr", "img_per_s"}
 
 def load_records(results_dir: str) -> list[dict]:
     records = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "evaluations", "*.json"))):
-        with open(path) as f:
-            rec = json.load(f)
+    for path in paths.glob(paths.join(results_dir, "evaluations"), "*.json"):
+        rec = json.loads(paths.read_text(path))
         if "run" in rec:
             records.append(rec)
     return records
@@ -201,22 +200,21 @@ def plot_eps_curves(records: list[dict], path: str, title: str, methods=None) ->
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    paths.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def _metrics_by_method(results_dir: str, records: list[dict]) -> dict:
     """{method: [metric records of one seed, ...]} for the runs in `records`."""
     out: dict = {}
     for rec in records:
-        path = os.path.join(results_dir, "metrics", rec["run"]["stem"] + ".jsonl")
-        if os.path.exists(path):
+        path = paths.join(results_dir, "metrics", rec["run"]["stem"] + ".jsonl")
+        if paths.exists(path):
             out.setdefault(rec["run"]["method"], []).append(read_jsonl(path))
     return out
 
@@ -250,7 +248,7 @@ def plot_training_curves(metrics: dict, path: str, title: str, methods=None) -> 
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    paths.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 
@@ -289,7 +287,7 @@ def plot_diagnostics(runs: list[list[dict]], path: str, title: str) -> bool:
     fig.suptitle(title)
     fig.supxlabel("epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path, dpi=100)
     plt.close(fig)
     return True
 
@@ -317,7 +315,7 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         summary.append({"dataset": dataset, "student": student,
                         "methods": {m: {a: {"mean": c[0], "std": c[1], "n": c[2]} for a, c in cells.items()}
                                     for m, cells in group.items()}})
-        stem = os.path.join(results_dir, f"{dataset}_{student}")
+        stem = paths.join(results_dir, f"{dataset}_{student}")
         plot_eps_curves(subset, stem + "_eps.png", f"{dataset}, {student}: accuracy vs ε", methods)
         metrics = _metrics_by_method(results_dir, subset)
         plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: accuracy per epoch", methods)
@@ -325,8 +323,7 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
             plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
                              f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")
     text = (f"# {title}\n\n" if title else "") + "\n\n".join(parts) + "\n"
-    with open(os.path.join(results_dir, "tables.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(results_dir, "summary.json"), "w") as f:
-        json.dump({"groups": summary, "evaluation": evaluation}, f, indent=2, default=list)
+    paths.write_text(paths.join(results_dir, "tables.md"), text)
+    paths.write_text(paths.join(results_dir, "summary.json"),
+                     json.dumps({"groups": summary, "evaluation": evaluation}, indent=2, default=list))
     return text

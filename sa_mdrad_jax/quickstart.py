@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sa_mdrad_jax import checkpoints, config as config_lib, data, models, workdir_lock
+from sa_mdrad_jax import checkpoints, config as config_lib, data, models, paths, workdir_lock
 from sa_mdrad_jax.evaluate import robustness
 from sa_mdrad_jax.train import loop
 
@@ -158,11 +158,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     runs = []   # (role, name, workdir)
     teacher_dirs = {}
     for name in config.teachers:
-        teacher_dirs[name] = os.path.join(workdir, "teachers", name)
+        teacher_dirs[name] = paths.join(workdir, "teachers", name)
         loop.train(teacher_config(config, name), teacher_dirs[name])
         runs.append(("teacher", name, teacher_dirs[name]))
     for method in config.student.methods:
-        sdir = os.path.join(workdir, "students", method)
+        sdir = paths.join(workdir, "students", method)
         loop.train(student_config(config, method, teacher_dirs), sdir)
         runs.append(("student", method, sdir))
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -179,7 +179,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
               "host": platform.node(), "config": config.to_dict()}
     write_results(record, workdir)
     print(table, flush=True)
-    print(f"({time.perf_counter() - t0:.0f} s; wrote {os.path.join(workdir, 'results.md')} and results.json)",
+    print(f"({time.perf_counter() - t0:.0f} s; wrote {paths.join(workdir, 'results.md')} and results.json)",
           flush=True)
     return rows
 
@@ -197,10 +197,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_results(record: dict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(record, f, indent=2, default=float)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(f"Robust accuracy (%) on the first {record['rows'][0]['n_points']} digits test images "
-                f"(L∞, ε = {record['rows'][0]['eps'] * 255:.0f}/255; AutoAttack = standard version):\n\n")
-        f.write(record["table"] + "\n")
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(record, indent=2, default=float))
+    paths.write_text(paths.join(workdir, "results.md"),
+                     f"Robust accuracy (%) on the first {record['rows'][0]['n_points']} digits test images "
+                     f"(L∞, ε = {record['rows'][0]['eps'] * 255:.0f}/255; AutoAttack = standard version):\n\n"
+                     + record["table"] + "\n")

@@ -1,8 +1,8 @@
 """One writer per workdir: a lock file that names its holder, with stale-lock takeover.
 
 Every command that writes into a workdir (train, distill, the quickstart's runs, a grid's runs)
-holds `<workdir>/.lock` while it runs. The file is created atomically (O_CREAT | O_EXCL) and holds
-JSON: pid, host, start time and command line of the holder. A second writer is refused with an
+holds `<workdir>/.lock` while it runs. The file is created atomically (O_CREAT | O_EXCL; on a
+`gs://` workdir check-write-read-back, see `paths.create_exclusive`) and holds JSON: pid, host, start time and command line of the holder. A second writer is refused with an
 error naming that process; nothing is written by the refused run.
 
 Staleness. A lock whose holder is gone is taken over:
@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+from sa_mdrad_jax import paths
+
 LOCK_FILE = ".lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
@@ -36,20 +38,19 @@ class WorkdirLockedError(RuntimeError):
 
 
 def lock_path(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    return paths.join(paths.absolute(workdir), LOCK_FILE)
 
 
 def _me() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+            "command": " ".join(paths.name(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
 
 
 def _read(path: str) -> dict | None:
     """The holder recorded in `path` ({} if unreadable, e.g. half-written), None if no file."""
     try:
-        with open(path) as f:
-            text = f.read()
-        mtime = os.path.getmtime(path)
+        text = paths.read_text(path)
+        mtime = paths.mtime(path)
     except FileNotFoundError:
         return None
     if text.strip().isdigit():   # an older plain-pid lock (same host)
@@ -91,7 +92,7 @@ def describe(holder: dict) -> str:
 def _heartbeat(path: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
-            os.utime(path)
+            paths.touch(path)
         except OSError:
             return
 
@@ -106,11 +107,8 @@ def try_acquire(workdir: str) -> dict | None:
                 _held[path][0] += 1
                 return None
             _held.pop(path)[1].set()   # replaced under us (judged stale elsewhere): compete afresh
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+            if not paths.create_exclusive(path, json.dumps(_me())):
                 holder = _read(path)
                 if holder is None:
                     continue                      # released meanwhile: try again
@@ -120,8 +118,6 @@ def try_acquire(workdir: str) -> dict | None:
                     return holder
                 _take_over(path, holder)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_me(), f)
             stop = threading.Event()
             threading.Thread(target=_heartbeat, args=(path, stop), daemon=True,
                              name="workdir-lock-heartbeat").start()
@@ -134,16 +130,13 @@ def _take_over(path: str, holder: dict | None) -> None:
     """Removes a stale lock, unless another process replaced it since we read it."""
     aside = f"{path}.stale.{os.getpid()}"
     try:
-        os.rename(path, aside)
+        paths.rename(path, aside)
     except FileNotFoundError:
         return
-    with open(aside) as f:
-        if holder is not None and f.read() != holder["raw"]:
-            try:   # not the file we judged: put it back (fails if yet another one appeared)
-                os.link(aside, path)
-            except FileExistsError:
-                pass
-    os.remove(aside)
+    text = paths.read_text(aside)
+    if holder is not None and text != holder["raw"]:
+        paths.create_exclusive(path, text)   # not the file we judged: put it back (unless yet another appeared)
+    paths.remove(aside)
 
 
 def acquire(workdir: str) -> None:
@@ -151,7 +144,7 @@ def acquire(workdir: str) -> None:
     holder = try_acquire(workdir)
     if holder is not None:
         raise WorkdirLockedError(
-            f"Workdir {os.path.abspath(workdir)} is in use by {describe(holder)}. Wait for it to finish "
+            f"Workdir {paths.absolute(workdir)} is in use by {describe(holder)}. Wait for it to finish "
             "or use another --workdir. A lock whose process has died is taken over automatically "
             f"(another host's once it is {STALE_AFTER_S:.0f} s old); if you are sure nothing runs there, "
             f"delete {lock_path(workdir)}. Nothing was written.")
@@ -171,7 +164,7 @@ def release(workdir: str) -> None:
         mine = _read(path) or {}
         if mine.get("pid") == os.getpid() and mine.get("host") == socket.gethostname():
             try:   # (never another process's lock, should ours have been judged stale and taken over)
-                os.remove(path)
+                paths.remove(path)
             except FileNotFoundError:
                 pass
 
@@ -197,7 +190,7 @@ class hold:
         if self.broadcast is not None and bool(self.broadcast(error is not None)) and error is None:
             if self.enabled:
                 release(self.workdir)
-            raise WorkdirLockedError(f"Workdir {os.path.abspath(self.workdir)} is in use: process 0 of this run "
+            raise WorkdirLockedError(f"Workdir {paths.absolute(self.workdir)} is in use: process 0 of this run "
                                      "was refused its lock (its error names the holder). Nothing was written.")
         if error is not None:
             raise error

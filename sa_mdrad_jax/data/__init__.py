@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from sa_mdrad_jax import paths
+
 __all__ = [
     "DATASETS",
     "DatasetInfo",
@@ -105,7 +107,7 @@ def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
 
 def default_data_dir() -> str:
     """TFDS's default data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
-    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+    return os.environ.get("TFDS_DATA_DIR", paths.join(paths.absolute("~"), "tensorflow_datasets"))
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -162,7 +164,7 @@ def _not_found_message(name: str, data_dir: str, detail: str) -> str:
     tfds_name = _TFDS_NAME[name]
     lines = [
         f"Dataset {name!r} (TFDS builder {tfds_name!r}) {detail} in data_dir {data_dir!r} "
-        f"(looked under {os.path.join(data_dir, tfds_name)!r}). Loading never downloads; "
+        f"(looked under {paths.join(data_dir, tfds_name)!r}). Loading never downloads; "
         "prepare it once with:",
         f"    {prepare_command(name, data_dir)}",
     ]
@@ -280,7 +282,7 @@ def _fashion_mnist_not_found(split: str, dirs: list[str], notes: list[str], tfds
     lines = [
         f"Dataset 'fashion_mnist' ({split} split) not found. Searched for its idx files {images}[.gz] and "
         f"{labels}[.gz] in {', '.join(repr(d) for d in dirs)}, and for a TFDS-prepared 'fashion_mnist' "
-        f"under {os.path.join(target, _TFDS_NAME['fashion_mnist'])!r} ({tfds_detail}).",
+        f"under {paths.join(target, _TFDS_NAME['fashion_mnist'])!r} ({tfds_detail}).",
         *notes,
         "Loading never downloads; get the data either way:",
         "  1. the four official idx files: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs "
@@ -305,7 +307,7 @@ def _fashion_mnist_rows(split: str, data_dir: str | os.PathLike | None):
             return _ArrayRows(*fm.read_split(images_path, labels_path))
         if images_path or labels_path:
             missing = fm.FILES[split][1 if images_path else 0]
-            notes.append(f"({directory!r} has {os.path.basename(images_path or labels_path)} but not {missing}[.gz].)")
+            notes.append(f"({directory!r} has {paths.name(images_path or labels_path)} but not {missing}[.gz].)")
     try:
         source = _open_tfds_source("fashion_mnist", split, dirs[-1])
     except DatasetNotFoundError as e:

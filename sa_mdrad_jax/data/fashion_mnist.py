@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import zlib
 
 import numpy as np
+
+from sa_mdrad_jax import paths
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four ``.gz`` files.
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -52,8 +53,8 @@ class IdxFormatError(ValueError):
 def find_file(directory: str, stem: str) -> str | None:
     """``directory/stem`` or ``directory/stem.gz`` (the plain one first), None if neither is a file."""
     for candidate in (stem, stem + ".gz"):
-        path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
+        path = paths.join(directory, candidate)
+        if paths.isfile(path):
             return path
     return None
 
@@ -65,8 +66,7 @@ def split_files(directory: str, split: str) -> tuple[str | None, str | None]:
 
 
 def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = paths.read_bytes(path)
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
@@ -118,8 +118,7 @@ def _decode(path: str, kind: str, size: int, mtime_ns: int) -> np.ndarray:
 
 
 def _read(path: str, kind: str) -> np.ndarray:
-    st = os.stat(path)
-    return _decode(os.path.abspath(path), kind, st.st_size, st.st_mtime_ns)
+    return _decode(paths.absolute(path), kind, *paths.signature(path))
 
 
 def read_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:

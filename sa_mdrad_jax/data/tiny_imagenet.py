@@ -36,6 +36,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from sa_mdrad_jax import paths
+
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ZIP_NAME = "tiny-imagenet-200.zip"
 ROOT = "tiny-imagenet-200"
@@ -49,8 +51,8 @@ class _ArchiveReader:
     def __init__(self, path: str):
         self._path = os.fspath(path)
         self._zip: zipfile.ZipFile | None = None
-        if os.path.isfile(self._path):
-            self._zip = zipfile.ZipFile(self._path)
+        if paths.isfile(self._path):
+            self._zip = zipfile.ZipFile(paths.open_file(self._path, "rb"))
             names = self._zip.namelist()
             # Tolerate archives whose top-level folder was renamed/omitted.
             marker = next((n for n in names if posixpath.basename(n) == "wnids.txt"), None)
@@ -59,7 +61,7 @@ class _ArchiveReader:
             self._prefix = posixpath.dirname(marker)
             self._names = names
         else:
-            if not os.path.isfile(os.path.join(self._path, "wnids.txt")):
+            if not paths.isfile(paths.join(self._path, "wnids.txt")):
                 raise ValueError(f"{self._path}: no wnids.txt found; not a tiny-imagenet-200 directory")
             self._prefix = ""
 
@@ -73,8 +75,7 @@ class _ArchiveReader:
     def read(self, rel: str) -> bytes:
         if self._zip is not None:
             return self._zip.read(self._member(rel))
-        with open(os.path.join(self._path, *rel.split("/")), "rb") as f:
-            return f.read()
+        return paths.read_bytes(paths.join(self._path, *rel.split("/")))
 
     def read_text(self, rel: str) -> str:
         return self.read(rel).decode("utf-8")
@@ -90,8 +91,8 @@ class _ArchiveReader:
                     if "/" not in rest:
                         out.append(rest)
             return sorted(out)
-        d = os.path.join(self._path, *rel_dir.split("/"))
-        return sorted(f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
+        d = paths.join(self._path, *rel_dir.split("/"))
+        return [f for f in paths.listdir(d) if paths.isfile(paths.join(d, f))]
 
 
 def read_wnids(reader: _ArchiveReader) -> list[str]:
@@ -153,9 +154,9 @@ class TinyImagenet200(tfds.core.GeneratorBasedBuilder):
         except AssertionError:  # no manual_dir configured / does not exist
             manual_dir = None
         if manual_dir is not None:
-            for candidate in (os.path.join(os.fspath(manual_dir), ZIP_NAME),
-                              os.path.join(os.fspath(manual_dir), ROOT)):
-                if os.path.exists(candidate):
+            for candidate in (paths.join(os.fspath(manual_dir), ZIP_NAME),
+                              paths.join(os.fspath(manual_dir), ROOT)):
+                if paths.exists(candidate):
                     return candidate
         return os.fspath(dl_manager.download(URL))
 

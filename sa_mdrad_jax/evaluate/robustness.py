@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import platform
 import time
 
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_mdrad_jax import attacks, checkpoints, data, models
+from sa_mdrad_jax import attacks, checkpoints, data, models, paths
 from sa_mdrad_jax import config as config_lib
 from sa_mdrad_jax.config import ConfigError, check_number
 from sa_mdrad_jax.evaluate.batching import map_batched
@@ -133,8 +132,8 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
     image_size = meta["image_shape"][0]
     validation_size = 0
     if split == "validation":
-        with open(os.path.join(workdir, "config.json")) as f:
-            validation_size = json.load(f)["dataset"].get("validation_size", 0)
+        validation_size = json.loads(paths.read_text(paths.join(workdir, "config.json")))["dataset"].get(
+            "validation_size", 0)
         if not validation_size:
             raise ConfigError(f"{workdir} was trained without a validation split (dataset.validation_size=0): "
                               "evaluate it on split='test'.")
@@ -148,7 +147,7 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
     x, y = x[:n_points].astype(np.float32) / 255.0, y[:n_points]
     result = evaluate_model(model, variables, x, y, attack_names=attack_names, eps=eps, batch_size=batch_size,
                             seed=seed, curve_eps=curve_eps)
-    record = {"model": model_cfg, "checkpoint": os.path.abspath(workdir), "step": meta.get("step"),
+    record = {"model": model_cfg, "checkpoint": paths.absolute(workdir), "step": meta.get("step"),
               "split": split, "selection": selection,
               "dataset": meta["dataset"], "method": meta.get("method"), **result,
               "attack_params": {"eps": eps, "named": "evaluation.md"},
@@ -172,14 +171,12 @@ def markdown_table(records: dict[str, dict], names=None) -> str:
 
 
 def write_reports(record: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-        json.dump(record, f, indent=2, default=float)
+    paths.write_text(paths.join(out_dir, "evaluation.json"), json.dumps(record, indent=2, default=float))
     label = f"{record['model']['name']} (step {record['step']})"
-    with open(os.path.join(out_dir, "evaluation.md"), "w") as f:
-        f.write(f"Robust accuracy (%) at ε = {record['eps'] * 255:.0f}/255 on {record['n_points']} "
-                f"{record['dataset']} test points, seed {record['seed']}:\n\n")
-        f.write(markdown_table({label: record}) + "\n")
+    paths.write_text(paths.join(out_dir, "evaluation.md"),
+                     f"Robust accuracy (%) at ε = {record['eps'] * 255:.0f}/255 on {record['n_points']} "
+                     f"{record['dataset']} {record.get('split', 'test')} points, seed {record['seed']}:\n\n"
+                     + markdown_table({label: record}) + "\n")
     if record.get("curve"):
         import matplotlib
         matplotlib.use("Agg")
@@ -192,5 +189,5 @@ def write_reports(record: dict, out_dir: str) -> None:
         ax.set_ylabel("accuracy under pgd20 (%)")
         ax.set_title(label)
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "robust_accuracy_vs_eps.png"), dpi=120)
+        paths.save_figure(fig, paths.join(out_dir, "robust_accuracy_vs_eps.png"), dpi=120)
         plt.close(fig)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -62,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_mdrad_jax import attacks
+from sa_mdrad_jax import attacks, paths
 from sa_mdrad_jax.evaluate import batching
 from sa_mdrad_jax.losses import cross_entropy
 
@@ -490,7 +489,7 @@ def sanity_check_checkpoint(workdir: str, *, n_points: int = 1000, eps: float = 
     with jax.default_matmul_precision("highest"):
         results = run_sanity_checks(logits_fn, x, y, jax.random.PRNGKey(seed), eps=eps, batch_size=batch_size,
                                     budget=budget, **thresholds)
-    record = {"checkpoint": os.path.abspath(workdir), "step": meta.get("step"), "best": best,
+    record = {"checkpoint": paths.absolute(workdir), "step": meta.get("step"), "best": best,
               "model": model_cfg, "dataset": meta["dataset"], "n_points": int(len(x)), "eps": eps,
               "seed": seed, "batch_size": batch_size,
               "budget": {"name": budget_name, **dataclasses.asdict(budget)},
@@ -511,8 +510,5 @@ def record_header(record: dict) -> str:
 
 
 def write_reports(record: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "sanity.json"), "w") as f:
-        json.dump(record, f, indent=2, default=float)
-    with open(os.path.join(out_dir, "sanity.md"), "w") as f:
-        f.write(markdown_table(record["checks"], record_header(record)) + "\n")
+    paths.write_text(paths.join(out_dir, "sanity.json"), json.dumps(record, indent=2, default=float))
+    paths.write_text(paths.join(out_dir, "sanity.md"), markdown_table(record["checks"], record_header(record)) + "\n")

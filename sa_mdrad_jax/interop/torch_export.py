@@ -15,13 +15,11 @@ as JSON under "sa_mdrad_model", plus "format": "pt".
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 from flax import traverse_util
 
-from sa_mdrad_jax import checkpoints, models
+from sa_mdrad_jax import checkpoints, models, paths
 from sa_mdrad_jax.interop import torch_layout
 from sa_mdrad_jax.interop.torch_import import TorchMismatchError
 
@@ -50,19 +48,11 @@ def state_dict_from_variables(model, variables, image_shape: tuple[int, ...] = (
 
 
 def save_safetensors(state_dict: dict[str, np.ndarray], out: str, metadata: dict[str, str] | None = None) -> None:
-    """Writes `state_dict` to `out` atomically (a temporary file in the same folder, then a rename),
-    so a failed export never leaves a partial file behind."""
-    from safetensors.numpy import save_file
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(state_dict, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Writes `state_dict` to `out` (a local path or a URL) atomically (`paths.write_bytes`), so a
+    failed export never leaves a partial file behind."""
+    from safetensors.numpy import save
+    data = save(state_dict, metadata={"format": "pt", **(metadata or {})})   # serialised first: errors write nothing
+    paths.write_bytes(paths.absolute(out), data)
 
 
 def export_torch(workdir: str, out: str, *, step: int | None = None, best: bool = False) -> dict[str, np.ndarray]:

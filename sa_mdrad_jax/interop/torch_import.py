@@ -22,7 +22,7 @@ RobustBench WideResNets, which take [0, 1] pixels; kuangliu's scripts use mean (
 """
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import re
 from collections.abc import Mapping
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from sa_mdrad_jax import checkpoints, models
+from sa_mdrad_jax import checkpoints, models, paths
 from sa_mdrad_jax.interop import torch_layout
 
 #: Keys under which training scripts commonly wrap the state dict in a checkpoint dict.
@@ -56,12 +56,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     Wrapping dicts (`{'state_dict': ..., 'epoch': ...}`, `{'model': ...}`, `{'net': ...}`) are
     unwrapped and `module.` prefixes (DataParallel / DistributedDataParallel) stripped.
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
         try:
-            raw = load_file(path)
+            raw = load(paths.read_bytes(path))
         except Exception as e:  # safetensors raises its own SafetensorError on corrupt headers
             raise TorchCheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     else:
@@ -77,7 +77,7 @@ def _torch_load(path: str) -> Any:
                           "(pip install 'sa_mdrad_jax[torch]'); without it, convert the file to "
                           ".safetensors (safetensors.torch.save_file) and pass that.") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(paths.read_bytes(path)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch words it "Unsupported global: GLOBAL mod.name ..." or "unsupported GLOBAL mod.name whose
         # module mod is blocked" (e.g. posix.system), depending on the global.
@@ -232,5 +232,5 @@ def import_torch(checkpoint: str, workdir: str, *, model: str, num_classes: int,
     image_shape = (int(image_size), int(image_size), int(channels))
     variables = variables_from_state_dict(net, read_state_dict(checkpoint), image_shape)
     checkpoints.save_variables(workdir, model_cfg, variables, image_shape=image_shape, meta={
-        "dataset": dataset, "method": "imported_torch", "source": os.path.abspath(checkpoint)})
+        "dataset": dataset, "method": "imported_torch", "source": paths.absolute(checkpoint)})
     return model_cfg, variables

@@ -2,47 +2,54 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 
+from sa_mdrad_jax import paths
+
 
 class MetricWriter:
-    """Appends `{"step", "kind", ...metrics}` to `<workdir>/metrics.jsonl` and TensorBoard events."""
+    """Appends `{"step", "kind", ...metrics}` to `<workdir>/metrics.jsonl` and TensorBoard events.
+
+    TensorBoard events of a URL workdir (`gs://...`) are written to a local directory and copied
+    to `<workdir>/tensorboard` after every write (`paths.LocalMirror`)."""
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = None
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self._tb = self._mirror = None
         if self.active:
-            os.makedirs(workdir, exist_ok=True)
+            paths.makedirs(workdir)
             if tensorboard:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._mirror = paths.LocalMirror(paths.join(workdir, "tensorboard"))
+                self._tb = SummaryWriter(self._mirror.directory)
 
     def write(self, step: int, kind: str, metrics: dict) -> None:
         if not self.active:
             return
         record = {"step": int(step), "kind": kind, "time": time.time(),
                   **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        paths.append_text(self.path, json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+            if self._mirror.directory != self._mirror.target:
+                self._tb.flush()
+                self._mirror.sync()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._mirror.close()
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.exists(path):
         return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
