@@ -37,7 +37,7 @@ def main(argv):
     import jax
     logging.set_verbosity(logging.WARNING)   # Orbax logs every checkpoint operation at INFO
 
-    from sa_mdrad_jax import grid as grid_lib, grid_report
+    from sa_mdrad_jax import grid as grid_lib, grid_report, paths
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -60,8 +60,7 @@ def main(argv):
     t0 = time.time()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     grid_lib.run_grid(grid, only=FLAGS.only, log=log)   # attacks compile once per architecture
-    with open(os.path.join(grid["results"], "tables.md")) as f:
-        print(f.read())
+    print(paths.read_text(paths.join(grid["results"], "tables.md")))
     print(f"wall time {time.time() - t0:.0f} s")
 
 

@@ -14,7 +14,7 @@ an object store cannot do what a disk does, the remote route says what it does i
   * atomic replace: writing an object is atomic already (readers see the old or the new one);
   * exclusive create (the workdir lock): check, write, read back — two launches within the same
     second on the same `gs://` workdir can both pass (GCS preconditions are not exposed by fsspec);
-  * rename: copy then delete (`fsspec` mv), not atomic;
+  * rename: copy each file, then delete the source (not atomic);
   * modification time: the object's update time, refreshed by rewriting it (`touch`).
 """
 from __future__ import annotations
@@ -178,9 +178,16 @@ def rename(src: PathLike, dst: PathLike) -> None:
         return
     if not exists(src):
         raise FileNotFoundError(src)
-    import fsspec
-    fs, _ = fsspec.core.url_to_fs(os.fspath(src))
-    fs.mv(os.fspath(src), os.fspath(dst), recursive=isdir(src))
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not isdir(src):
+        copy(src, dst)
+        remove(src)
+        return
+    base = epath.Path(src)
+    for f in base.rglob("*"):
+        if not f.is_dir():
+            copy(f, join(dst, str(f.relative_to(base))))
+    rmtree(src)
 
 
 def copy(src: PathLike, dst: PathLike) -> None:
