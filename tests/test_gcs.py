@@ -94,7 +94,7 @@ def _records(workdir: str) -> list[dict]:
 
 
 def _teacher_config(**overrides):
-    return tiny_config(**{"train.max_steps": 12, "train.num_devices": 1, "log.every_steps": 4,
+    return tiny_config(**{"train.max_steps": 8, "train.num_devices": 1, "log.every_steps": 4,
                           "checkpoint.async_save": True, **overrides})
 
 
@@ -118,8 +118,9 @@ def test_pipeline_on_gcs_equals_the_local_one(gcs, tmp_path):
         teacher, student = paths.join(root, "teacher"), paths.join(root, "student")
         loop.train(_teacher_config(**{"log.tensorboard": where == "gcs"}), teacher)
         loop.train(_distill_config(teacher), student)
-        record = robustness.evaluate_checkpoint(student, attack_names=("clean", "pgd20"), n_points=48, eps=8 / 255,
-                                                batch_size=24, seed=0, out_dir=paths.join(student, "evaluation"))
+        record = robustness.evaluate_checkpoint(student, attack_names=("clean", "fgsm"), n_points=48, eps=8 / 255,
+                                                batch_size=24, seed=0, curve_eps=(0.0, 8 / 255),
+                                                out_dir=paths.join(student, "evaluation"))
         out = paths.join(root, "export", "student.safetensors")
         torch_export.export_torch(student, out)
         results[where] = {"teacher": final_params(teacher), "student": final_params(student),
@@ -129,7 +130,7 @@ def test_pipeline_on_gcs_equals_the_local_one(gcs, tmp_path):
                           "report": json.loads(paths.read_text(paths.join(student, "evaluation", "evaluation.json")))}
 
     local, remote = results["local"], results["gcs"]
-    assert int(remote["student"]["step"]) == 4 and int(remote["teacher"]["step"]) == 12
+    assert int(remote["student"]["step"]) == 4 and int(remote["teacher"]["step"]) == 8
     assert_trees_equal(remote["teacher"], local["teacher"])   # exactly: same computation, other storage
     assert_trees_equal(remote["student"], local["student"])
     assert remote["records"] == local["records"] and len(remote["records"][1]) >= 2
