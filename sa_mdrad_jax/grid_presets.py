@@ -263,7 +263,10 @@ def digits_converged_grid(epochs: int = 40) -> dict:
         "base_config": base_config, "overrides": {},
         # AdaAD+IGDM follows the IGDM scripts: weight decay 2e-4, batchmean AdaAD KL, the ramp over the run.
         "label_overrides": {"adaad+igdm": {"optim.weight_decay": 2e-4, "method.kl_scale": 1.0,
-                                           "method.igdm.e_ref": float(epochs)}},
+                                           "method.igdm.e_ref": float(epochs)},
+                            # The undefended reference keeps its best clean checkpoint: selected on
+                            # validation PGD-20 (~15 % throughout) it could be an early, half-trained one.
+                            NATURAL: {"checkpoint.best_metric": "val_accuracy"}},
         "teachers": {"digits": teachers},
         "evaluation": {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 360,
                        "eps": eps, "batch_size": 360, "seed": 0, "curve_eps": (), "checkpoint": "best"},
