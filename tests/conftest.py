@@ -25,6 +25,12 @@ import pytest  # noqa: E402
 
 # Tests run tiny models for a few steps: compile time dominates, so trade run-time speed for it.
 jax.config.update("jax_disable_most_optimizations", True)
+# In-process tests compile the same tiny programs again and again (every loop.train call builds its
+# step functions anew): they share the session's persistent cache with the CLI runs (programs that
+# compile in over a second, JAX's default threshold). In-memory jit caches, which the compile-once
+# tests count, are unaffected.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.environ["XDG_CACHE_HOME"], "sa_mdrad_jax", "jax_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -354,3 +354,21 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     assert sweep["evaluation"]["split"] == "validation" and sweep["evaluation_dir"] != grid.EVAL_DIR
     with pytest.raises(config_lib.ConfigError, match="takes"):
         grid_presets.sweep_overrides("sa_mdrad@tau=3")
+
+
+def test_still_rising_picks_the_methods_whose_last_epochs_gained(tmp_path):
+    from sa_mdrad_jax import grid_presets
+    (tmp_path / "metrics").mkdir()
+    curves = {"pgd_at": [0.5] * 20 + [0.80] * 10 + [0.805] * 10,       # flat: +0.5 point
+              "rslad": [0.5] * 20 + [0.78] * 10 + [0.82] * 10,         # +4 points
+              "adaad+igdm": [0.5] * 20 + [0.70] * 10 + [0.72] * 10,    # +2 points
+              "ard": [0.7] * 15}                                       # too short to judge
+    for label, curve in curves.items():
+        lines = [json.dumps({"step": i, "kind": "eval", "val_robust_accuracy": v}) for i, v in enumerate(curve)]
+        lines.append(json.dumps({"step": 99, "kind": "train", "loss": 1.0}))
+        (tmp_path / "metrics" / f"digits_resnet_tiny_{label}_seed0.jsonl").write_text("\n".join(lines))
+    (tmp_path / "metrics" / "digits_resnet_tiny_trades_seed1.jsonl").write_text(
+        "\n".join(json.dumps({"step": i, "kind": "eval", "val_robust_accuracy": 0.1 * (i > 30)}) for i in range(40)))
+    got = grid_presets.still_rising(str(tmp_path / "metrics"), "digits_resnet_tiny_")
+    assert got == ("rslad", "adaad+igdm")   # registry order; seed 1 not read
+    assert grid_presets.still_rising(str(tmp_path / "metrics"), "digits_resnet_tiny_", min_gain=0.03) == ("rslad",)

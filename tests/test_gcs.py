@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -71,16 +70,7 @@ def gcs():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     logging.getLogger("gcsfs").setLevel(logging.ERROR)   # "could not determine bucket type": no credentials
-    # The local and the gs:// runs compile the same programs: compile each once (a persistent cache
-    # for this module only).
-    import jax
-    from sa_mdrad_jax import cli
-    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    cli.configure_compilation_cache(tempfile.mkdtemp(prefix="sa_mdrad_gcs_cache_"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield f"gs://{BUCKET}"
-    cli.configure_compilation_cache(previous[0] or "")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
