@@ -122,13 +122,18 @@ def _start(workdir, *extra):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final state of the 4-epoch CLI run both interruption tests must reproduce."""
+    reference = tmp_path_factory.mktemp("reference")
+    run_cli("train", f"--config={TINY_CONFIG}", "--config.train.epochs=4", f"--workdir={reference}", devices=1)
+    return final_params(str(reference))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, how):
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, how, uninterrupted):
     total = 4 * (1437 // 32)
-    reference = tmp_path / "reference"
-    run_cli("train", f"--config={TINY_CONFIG}", "--config.train.epochs=4", f"--workdir={reference}", devices=1)
-
     interrupted = tmp_path / "interrupted"
     proc = _start(interrupted)
     _wait_for_checkpoint(proc, interrupted)
@@ -139,7 +144,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, how):
     assert stopped_at is not None and stopped_at < total  # really interrupted mid-run
 
     run_cli("train", f"--config={TINY_CONFIG}", "--config.train.epochs=4", f"--workdir={interrupted}", devices=1)
-    resumed, uninterrupted = final_params(str(interrupted)), final_params(str(reference))
+    resumed = final_params(str(interrupted))
     assert int(resumed["step"]) == int(uninterrupted["step"]) == total
     assert_trees_equal(resumed, uninterrupted)  # exactly, on CPU
 
