@@ -20,8 +20,10 @@ What each run is (sa_mdrad_jax/grid_presets.py: digits_converged_grid):
   momentum 0.9, batch 64, LR 0.05 (0.1 at batch 128, scaled linearly). IAD's introspection starts
   at 60/200 of the run; IGDM's ramp spans the run (e_ref = epochs) and AdaAD+IGDM uses the IGDM
   scripts' weight decay 2e-4 and batchmean KL.
-* epochs: 40, chosen from the validation PGD-20 curves (experiments/results/digits_converged/
-  *_training.png): see that directory's README for the plateau check.
+* epochs: 40 for now, and not enough: six methods still rose over the last 10 of 40 epochs, and the
+  60-epoch check (experiments/grids/digits_epochs_check.py) found ARD and IAD 5 validation PGD-20
+  points better at 60 (experiments/results/digits_converged_60/README.md). The count goes up once
+  that check is complete; see experiments/results/digits_converged/README.md.
 * selection: every epoch, clean and PGD-20 accuracy on the whole validation split; the checkpoint
   with the best validation PGD-20 accuracy is kept (with the last) and evaluated.
 * evaluation (test split, once): clean, FGSM, PGD-20, CW∞-30 and standard AutoAttack on all 360
