@@ -63,8 +63,8 @@ def test_rename_moves_a_directory_tree_and_remove_reports_a_missing_file(tmp_pat
         paths.remove(str(tmp_path / "nothing"))
 
 
-def test_urls_stay_urls():
-    assert paths.is_remote("gs://b/run") and not paths.is_remote("/tmp/run") and not paths.is_remote("run")
+def test_urls_stay_urls(tmp_path):
+    assert paths.is_remote("gs://b/run") and not paths.is_remote(str(tmp_path)) and not paths.is_remote("run")
     assert paths.absolute("gs://b/run") == "gs://b/run"
     assert paths.absolute("run") == os.path.join(os.getcwd(), "run")
     assert paths.join("gs://b/run/", "checkpoints", "3") == "gs://b/run/checkpoints/3"

@@ -35,7 +35,7 @@ class MetricWriter:
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
-            if self._mirror.directory != self._mirror.target:
+            if paths.is_remote(self._mirror.target):   # local events need no flush per write
                 self._tb.flush()
                 self._mirror.sync()
 
