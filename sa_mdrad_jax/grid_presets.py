@@ -212,15 +212,16 @@ def schedule_of(method: str) -> str:
     return schedule_recipe(method)
 
 
-def digits_converged_grid(epochs: int = 40) -> dict:
+def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
     """Every method on digits in its paper's setting, trained until validation PGD-20 plateaus
-    (experiments/grids/digits_converged.py explains every choice)."""
+    (experiments/grids/digits_converged.py explains every choice). Students train `epochs`, the
+    teachers `teacher_epochs` (their validation curves plateau by 40; experiments/results/digits_converged_40)."""
     eps, pgd_steps = 32 / 255, 10
     validation_size = 287                         # 20 % of the 1,437 training digits, stratified
     natural = {"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
                "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")}
 
-    def shared(c, recipe):
+    def shared(c, recipe, epochs=epochs):
         c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size)
         c.train.update(epochs=epochs, batch_size=64)
         c.optim.update(lr=0.05, momentum=0.9, **_scaled_schedule(recipe, epochs))   # lr 0.1 @ 128, scaled to 64
@@ -248,16 +249,16 @@ def digits_converged_grid(epochs: int = 40) -> dict:
 
     teachers = {}
     for name, spec in natural.items():
-        t = shared(config_lib.base_config(), "pgd_at")
+        t = shared(config_lib.base_config(), "pgd_at", teacher_epochs)
         t.model.update(spec)
         t.eval.robust_points = 0
         t.checkpoint.best_metric = "val_accuracy"
         teachers[name] = {"config": t, "workdir": ""}
-    robust = shared(method_config(base, "pgd_at", {"resnet18": natural["resnet18"]}), "pgd_at")
+    robust = shared(method_config(base, "pgd_at", {"resnet18": natural["resnet18"]}), "pgd_at", teacher_epochs)
     robust.model.update(natural["resnet18"])
     teachers["robust"] = {"config": robust, "workdir": ""}
     return {
-        "name": f"digits (8×8), resnet_tiny student, {epochs} epochs, best validation checkpoint",
+        "name": f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         "root": "workdir/grids/digits_converged", "results": "experiments/results/digits_converged",
         "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
         "seeds": (0, 1, 2, 3, 4),
@@ -294,16 +295,17 @@ def still_rising(metrics_dir: str, prefix: str, seed: int = 0, window: int = 10,
 
 
 def digits_epochs_check_grid(epochs: int = 60, methods=None) -> dict:
-    """The converged digits protocol at `epochs` (schedules scaled again), seed 0, for `methods`,
-    with the converged grid's 40-epoch teachers: does a longer run beat the 40-epoch one on the
-    validation split? Scored on validation only (clean and PGD-20 of the best-validation
-    checkpoint); the test split is not read. `methods` default: those whose seed-0 validation PGD-20
-    rose by more than 1.5 points (≈4 of the 287 validation digits) from epochs 21-30 to 31-40 of
-    the converged grid (`still_rising` on its committed metrics)."""
+    """Was 40 epochs enough? The converged digits protocol at `epochs` (schedules scaled again),
+    seed 0, for `methods`, with the 40-epoch teachers: does a longer run beat the 40-epoch one
+    (experiments/results/digits_converged_40) on the validation split? Scored on validation only
+    (clean and PGD-20 of the best-validation checkpoint); the test split is not read. `methods`
+    default: those whose seed-0 validation PGD-20 rose by more than 1.5 points (≈4 of the 287
+    validation digits) from epochs 21-30 to 31-40 of the 40-epoch grid (`still_rising` on its
+    committed metrics). At 60 epochs these are the converged grid's seed-0 runs themselves."""
     grid = digits_converged_grid(epochs)
     base = digits_converged_grid()
     if methods is None:
-        methods = still_rising(f"{base['results']}/metrics", "digits_resnet_tiny_", min_gain=0.015)
+        methods = still_rising(f"{base['results']}_40/metrics", "digits_resnet_tiny_", min_gain=0.015)
     grid["teachers"] = {"digits": {name: {"config": None,
                                           "workdir": f"{base['root']}/digits/teachers/{name}"}
                                    for name in base["teachers"]["digits"]}}
@@ -355,7 +357,7 @@ def sweep_overrides(label: str) -> dict:
     return out
 
 
-def sa_mdrad_sweep_grid(epochs: int = 40) -> dict:
+def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
     """Every SA-MDRAD option varied alone from the default, on the converged digits protocol, scored on
     the validation split (experiments/grids/sa_mdrad_sweep.py)."""
     converged = digits_converged_grid(epochs)
