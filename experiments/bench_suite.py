@@ -10,8 +10,8 @@
 Each configuration runs in its own subprocess (a fresh process: its peak memory is its own, and
 `--devices=N` sets XLA_FLAGS=--xla_force_host_platform_device_count=N there, which simulates N CPU
 devices; on a GPU machine N must not exceed the real device count). The step is the same function
-the training loop runs — gather from the on-device split, augmentation, PGD (`lax.fori_loop`, or
-unrolled with `--compare_unroll`), teacher calls, forward/backward, the update — data-parallel
+the training loop runs — gather from the on-device split, augmentation, PGD (`lax.fori_loop`, fully unrolled on CPU by
+default, both forms with `--compare_unroll`), teacher calls, forward/backward, the update — data-parallel
 with shard_map over all devices, timed after compilation with `block_until_ready`: the median of
 `--reps` timings of `--steps` steps, with the min–max spread.
 
@@ -66,7 +66,8 @@ def define_flags():
     flags.DEFINE_integer("pgd_steps", 10, "PGD steps K of the training attack.")
     flags.DEFINE_integer("steps", 3, "Steps per timed repetition.")
     flags.DEFINE_integer("reps", 3, "Timed repetitions.")
-    flags.DEFINE_bool("compare_unroll", False, "Also time each PGD method with the attack loop fully unrolled.")
+    flags.DEFINE_bool("compare_unroll", False, "Also time each PGD method with the attack loop forced rolled "
+                     "(one fori_loop body) and fully unrolled (the default 'auto' unrolls on CPU).")
     flags.DEFINE_bool("compare_dtype", False, "Also time each configuration in the other dtype (fp32 <-> bf16).")
     flags.DEFINE_bool("autoattack", False, "Also run experiments/bench_autoattack.py (AutoAttack wall time).")
     flags.DEFINE_string("autoattack_args", "", "Extra flags for bench_autoattack.py (space-separated).")
@@ -181,14 +182,12 @@ def build_step(spec: dict):
 
 def time_step(spec: dict) -> dict:
     """Compiles and times one configuration; returns its record."""
-    import contextlib
 
     import jax
     import numpy as np
 
     from sa_mdrad_jax.attacks.pgd import loop_unroll
-    context = loop_unroll(True) if spec.get("unroll") else contextlib.nullcontext()
-    with context:   # the PGD loop is traced (and so unrolled or not) at the first call
+    with loop_unroll(spec.get("unroll", "auto")):   # the PGD loop is traced (and so unrolled or not) at the first call
         train_on, state, split, order, step_args, info = build_step(spec)
         t0 = time.perf_counter()
         state, m = train_on(state, split, order, 0, *step_args)
@@ -262,11 +261,11 @@ def specs_from_flags() -> list[tuple[dict, int]]:
                         spec = dict(method=method, model=model, width=FLAGS.width, teachers=list(FLAGS.teachers),
                                     teacher_width=FLAGS.teacher_width, batch=int(batch), dtype=dtype,
                                     image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
-                                    pgd_steps=FLAGS.pgd_steps, steps=FLAGS.steps, reps=FLAGS.reps, unroll=False,
+                                    pgd_steps=FLAGS.pgd_steps, steps=FLAGS.steps, reps=FLAGS.reps, unroll="auto",
                                     requested_devices=int(devices))
                         out.append((spec, int(devices)))
                         if FLAGS.compare_unroll and method != "natural":
-                            out.append(({**spec, "unroll": True}, int(devices)))
+                            out += [({**spec, "unroll": u}, int(devices)) for u in ("rolled", "unrolled")]
                         if FLAGS.compare_dtype:
                             other = "bfloat16" if dtype == "float32" else "float32"
                             if other not in FLAGS.dtypes:
@@ -290,7 +289,7 @@ def markdown(results: list[dict], ceilings: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['model']}×{r['width']:g} | {teachers} | {r['dtype']} | {r['batch']} | "
             f"{r['image_size']} | {r['devices']} × {r['device_kind']} | "
-            f"{'–' if r['method'] == 'natural' else ('unrolled' if r['unroll'] else 'fori_loop')} | "
+            f"{'–' if r['method'] == 'natural' else r['unroll']} | "
             f"{r['img_per_s_median']:.3g} ({r['img_per_s_min']:.3g}–{r['img_per_s_max']:.3g}) | "
             f"{r['compile_plus_first_step_s']:.1f} | {r['step_gflop_per_image']:.3f} | "
             f"{r['achieved_tflop_per_s']:.4f} | {mfu} | {r['peak_memory_gib']:.2f} ({r['peak_memory_kind']}) |")
@@ -342,7 +341,7 @@ def main(argv):
         status = (f"{r['img_per_s_median']:.3g} img/s, compile {r['compile_plus_first_step_s']:.0f} s"
                   if "error" not in r else "FAILED " + r["error"].strip().splitlines()[-1][:200])
         print(f"{spec['method']} {spec['model']} {spec['dtype']} b{spec['batch']} dev{devices} "
-              f"{'unrolled' if spec['unroll'] else ''}: {status}", flush=True)
+              f"PGD loop {spec['unroll']}: {status}", flush=True)
     if FLAGS.autoattack:
         script = os.path.join(HERE, "bench_autoattack.py")
         if os.path.exists(script):

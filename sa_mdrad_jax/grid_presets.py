@@ -212,33 +212,50 @@ def schedule_of(method: str) -> str:
     return schedule_recipe(method)
 
 
-def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
-    """Every method on digits in its paper's setting, trained until validation PGD-20 plateaus
-    (experiments/grids/digits_converged.py explains every choice). Students train `epochs`, the
-    teachers `teacher_epochs` (their validation curves plateau by 40; experiments/results/digits_converged_40)."""
-    eps, pgd_steps = 32 / 255, 10
-    validation_size = 287                         # 20 % of the 1,437 training digits, stratified
-    natural = {"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
-               "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")}
+def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robust_model: dict | None = None,
+                   epochs: int, teacher_epochs: int, batch_size: int, lr: float, robust_points: int,
+                   eval_batch_size: int, log_every: int, evaluation: dict, methods: tuple, seeds: tuple,
+                   name: str, root: str, results: str) -> dict:
+    """Every method in `methods` in its paper's setting on one dataset, trained until validation
+    PGD-20 plateaus, the best validation checkpoint evaluated once on the test split.
+
+    `data`: the `dataset` block (its `validation_size` > 0 is required: every epoch's clean and
+    PGD-20 accuracy on `robust_points` validation points selects the checkpoint). `natural`:
+    {name: model spec} of the natural teachers (SA-MDRAD's set; the first is MTARD's natural one).
+    `robust_model`: the architecture of the adversarially trained teacher (PGD-AT, `teacher_epochs`)
+    of ARD/IAD/RSLAD/AdaAD and MTARD (default: the first natural teacher's, as in the papers).
+    Training attack PGD-10 of 2.5·ε/10; each paper's piecewise schedule scaled to `epochs`, SGD
+    momentum 0.9 at `lr` and `batch_size`; TRADES and IAD scaled by their recipes; AdaAD+IGDM with
+    the IGDM scripts' weight decay 2e-4 and batchmean KL; natural training selects on clean accuracy."""
+    pgd_steps = 10
+    first = primary(natural)
+    robust_spec = dict(robust_model or natural[first])
+    dataset = data["name"]
 
     def shared(c, recipe, epochs=epochs):
-        c.dataset.update(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size)
-        c.train.update(epochs=epochs, batch_size=64)
-        c.optim.update(lr=0.05, momentum=0.9, **_scaled_schedule(recipe, epochs))   # lr 0.1 @ 128, scaled to 64
-        c.eval.update(batch_size=validation_size + 1, robust_points=validation_size, robust_eps=eps,
+        c.dataset.update(data)
+        c.train.update(epochs=epochs, batch_size=batch_size)
+        c.optim.update(lr=lr, momentum=0.9, **_scaled_schedule(recipe, epochs))
+        c.eval.update(batch_size=eval_batch_size, robust_points=robust_points, robust_eps=eps,
                       robust_every_epochs=1)
         c.checkpoint.update(keep=1, best_metric="val_robust_accuracy")
-        c.log.update(every_steps=16, progress=False, tensorboard=False)
+        c.log.update(every_steps=log_every, progress=False, tensorboard=False)
         return c
 
     base = config_lib.distill_config("sa_mdrad")
-    base.model.update(name="resnet_tiny", width=1.0, normalize="digits")
+    base.model.update(name=student, width=1.0, normalize=dataset)
     base.method.update(eps=eps, steps=pgd_steps, step_size=2.5 * eps / pgd_steps)
 
-    def base_config(method, dataset, student):
-        del dataset
-        c = shared(method_config(base, method, teacher_block(method, natural)), schedule_of(method))
-        c.model.name = student
+    def teachers_of(method):
+        block = teacher_block(method, natural)
+        if "robust" in block:
+            block["robust"] = robust_spec
+        return block
+
+    def base_config(method, dataset_, student_):
+        del dataset_
+        c = shared(method_config(base, method, teachers_of(method)), schedule_of(method))
+        c.model.name = student_
         if teacher_kind(method) == "none" and method != NATURAL:
             c.teachers = ml_collections.ConfigDict()   # trained alone, as in their papers
         recipe = _recipe(method)
@@ -248,20 +265,19 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         return c
 
     teachers = {}
-    for name, spec in natural.items():
+    for t_name, spec in natural.items():
         t = shared(config_lib.base_config(), "pgd_at", teacher_epochs)
         t.model.update(spec)
         t.eval.robust_points = 0
         t.checkpoint.best_metric = "val_accuracy"
-        teachers[name] = {"config": t, "workdir": ""}
-    robust = shared(method_config(base, "pgd_at", {"resnet18": natural["resnet18"]}), "pgd_at", teacher_epochs)
-    robust.model.update(natural["resnet18"])
-    teachers["robust"] = {"config": robust, "workdir": ""}
+        teachers[t_name] = {"config": t, "workdir": ""}
+    if any(teacher_kind(m.split("+")[0]) in ("robust", "robust+natural") for m in methods):
+        robust = shared(method_config(base, "pgd_at", {first: natural[first]}), "pgd_at", teacher_epochs)
+        robust.model.update(robust_spec)
+        teachers["robust"] = {"config": robust, "workdir": ""}
     return {
-        "name": f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
-        "root": "workdir/grids/digits_converged", "results": "experiments/results/digits_converged",
-        "datasets": ("digits",), "students": ("resnet_tiny",), "methods": method_labels(paper_grid=True),
-        "seeds": (0, 1, 2, 3, 4),
+        "name": name, "root": root, "results": results,
+        "datasets": (dataset,), "students": (student,), "methods": tuple(methods), "seeds": tuple(seeds),
         "base_config": base_config, "overrides": {},
         # AdaAD+IGDM follows the IGDM scripts: weight decay 2e-4, batchmean AdaAD KL, the ramp over the run.
         "label_overrides": {"adaad+igdm": {"optim.weight_decay": 2e-4, "method.kl_scale": 1.0,
@@ -269,10 +285,28 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
                             # The undefended reference keeps its best clean checkpoint: selected on
                             # validation PGD-20 (~15 % throughout) it could be an early, half-trained one.
                             NATURAL: {"checkpoint.best_metric": "val_accuracy"}},
-        "teachers": {"digits": teachers},
-        "evaluation": {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 360,
-                       "eps": eps, "batch_size": 360, "seed": 0, "curve_eps": (), "checkpoint": "best"},
+        "teachers": {dataset: teachers},
+        "evaluation": {"seed": 0, "curve_eps": (), "checkpoint": "best", "eps": eps, **evaluation},
     }
+
+
+def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
+    """Every method on digits in its paper's setting, trained until validation PGD-20 plateaus
+    (experiments/grids/digits_converged.py explains every choice). Students train `epochs`, the
+    teachers `teacher_epochs` (their validation curves plateau by 40; experiments/results/digits_converged_40)."""
+    validation_size = 287                         # 20 % of the 1,437 training digits, stratified
+    return converged_grid(
+        data=dict(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size),
+        eps=32 / 255, student="resnet_tiny",
+        natural={"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
+                 "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")},
+        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=64, lr=0.05,   # lr 0.1 @ 128, scaled to 64
+        robust_points=validation_size, eval_batch_size=validation_size + 1, log_every=16,
+        evaluation={"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 360,
+                    "batch_size": 360},
+        methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
+        name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
+        root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
 
 
 def still_rising(metrics_dir: str, prefix: str, seed: int = 0, window: int = 10,

@@ -81,3 +81,21 @@ def test_step_compiles_once_per_run():
     counter = functools.partial(chex.assert_max_traces, n=1)
     chex.clear_trace_counter()
     _setup("sa_mdrad", step_lib.make_mesh(jax.devices()[:2]), 3, images, labels, trace_counter=counter)
+
+
+def test_unrolled_attack_loop_trains_bit_identical_states():
+    """The PGD loop's unroll (full on CPU by default, `attacks.pgd.resolve_unroll`) is a speed choice
+    only: AdaAD (whose attack differentiates through a teacher at every step) trains the same
+    parameters, BN statistics and metrics, bit for bit, with the loop rolled and unrolled."""
+    from sa_mdrad_jax.attacks.pgd import loop_unroll
+    images, labels = data.load_split("digits", "train", image_size=8)
+    mesh = step_lib.make_mesh(jax.devices()[:1])
+    with loop_unroll("rolled"):
+        rolled, m_rolled = _setup("adaad", mesh, 2, images, labels)
+    with loop_unroll("unrolled"):
+        unrolled, m_unrolled = _setup("adaad", mesh, 2, images, labels)
+    for a, b in ((rolled.params, unrolled.params), (rolled.batch_stats, unrolled.batch_stats)):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert jax.tree.leaves(rolled.params) and m_rolled[0].keys() == m_unrolled[0].keys()
+    jax.tree.map(np.testing.assert_array_equal, m_rolled, m_unrolled)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(m_rolled[0]), jax.tree.leaves(m_rolled[1])))

@@ -220,16 +220,38 @@ def test_pgd_unroll_gives_the_same_iterates_and_removes_the_loop():
     def attack(x):
         return pgd_with_carry(loss, x, x + 0.01, (), eps=0.1, step_size=0.03, steps=4)[0]
 
-    rolled = jax.make_jaxpr(attack)(x)
+    with unrolled_pgd("rolled"):
+        rolled = jax.make_jaxpr(attack)(x)
+        rolled_out = jax.jit(attack)(x)
     with unrolled_pgd(True):
         unrolled = jax.make_jaxpr(attack)(x)
-        np.testing.assert_allclose(jax.jit(attack)(x), attack(x))
+        unrolled_out = jax.jit(attack)(x)
+        np.testing.assert_allclose(unrolled_out, attack(x))
     def loop_unroll(jaxpr):
         (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("scan", "while")]
         return eqn.params.get("unroll", 1)
     assert loop_unroll(rolled) in (1, False) and loop_unroll(unrolled) in (4, True)
+    np.testing.assert_array_equal(unrolled_out, rolled_out)   # compiled: bit for bit
     np.testing.assert_allclose(jax.core.eval_jaxpr(unrolled.jaxpr, unrolled.consts, x)[0],
                                jax.core.eval_jaxpr(rolled.jaxpr, rolled.consts, x)[0], rtol=1e-6)
+
+
+def test_pgd_unroll_default_is_full_on_cpu_for_short_loops_and_env_overrides(monkeypatch):
+    import importlib
+
+    import jax
+    pgd = importlib.import_module("sa_mdrad_jax.attacks.pgd")   # the package exports the function `pgd`
+    monkeypatch.delenv(pgd.UNROLL_ENV, raising=False)
+    cpu = jax.default_backend() == "cpu"
+    assert pgd.resolve_unroll(None, 10) is (True if cpu else 1)
+    assert pgd.resolve_unroll(None, pgd.AUTO_UNROLL_MAX_STEPS + 1) == 1    # long loops (APGD, CW-30) stay rolled
+    assert pgd.resolve_unroll(3, 10) == 3 and pgd.resolve_unroll(True, 50) is True
+    for value, want in (("rolled", 1), ("unrolled", True), ("4", 4)):
+        monkeypatch.setenv(pgd.UNROLL_ENV, value)
+        assert pgd.resolve_unroll(None, 10) == want and pgd.resolve_unroll("auto", 10) is (True if cpu else 1)
+    monkeypatch.setenv(pgd.UNROLL_ENV, "fast")
+    with pytest.raises(ValueError, match="SA_MDRAD_PGD_UNROLL='fast'.*'auto', 'rolled', 'unrolled'"):
+        pgd.resolve_unroll(None, 10)
 
 
 def test_checkpoints_of_one_architecture_share_compiled_attacks():

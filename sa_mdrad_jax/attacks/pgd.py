@@ -7,13 +7,14 @@
     x' = stop_gradient(x')
 
 (Madry et al. 2018; the start point is not clipped to [0, 1] before the first gradient, as in
-the TRADES/RSLAD/ARD/AdaAD reference codes.) The loop is a `lax.fori_loop`, so the step compiles
-once whatever K is. The same function serves training (any inner loss of methods.md §3) and the
+the TRADES/RSLAD/ARD/AdaAD reference codes.) The loop is a `lax.fori_loop` (fully unrolled on CPU for
+K <= 20, where XLA:CPU runs it faster so; `resolve_unroll`). The same function serves training (any inner loss of methods.md §3) and the
 evaluation suite.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable
 
 import jax
@@ -71,8 +72,10 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     training methods that attack with the student's BatchNorm in train mode (ARD, IAD): every
     attack forward updates the running statistics, and the outer loss starts from the result.
     With `steps=0` the carry is returned unchanged. `unroll` is the `fori_loop` unroll factor
-    (True: fully unrolled); None uses the enclosing `loop_unroll(...)` context (default: rolled), so a
-    benchmark can compare the two without threading a flag through every step builder.
+    (True: fully unrolled); None uses the enclosing `loop_unroll(...)` context, else the
+    SA_MDRAD_PGD_UNROLL environment variable, else 'auto' (`resolve_unroll`), so a benchmark can
+    compare them without threading a flag through every step builder. The choice changes speed,
+    not values: rolled and unrolled loops give bit-identical iterates (tests/test_attacks.py).
 
     This is the project's one PGD loop: training (`pgd`, `pgd_from`, the distillation step) and the
     evaluation attacks (`iterative.pgd_run`, which tracks the first misclassified iterate in the
@@ -90,12 +93,39 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     start = jax.lax.stop_gradient(start)
     if steps == 0:
         return jax.lax.stop_gradient(projection(start, x, eps)), carry
-    unroll = _UNROLL[-1] if unroll is None else unroll
+    unroll = resolve_unroll(_UNROLL[-1] if unroll is None else unroll, steps)
     x_adv, carry = jax.lax.fori_loop(0, steps, body, (start, carry), unroll=unroll)
     return jax.lax.stop_gradient(x_adv), carry
 
 
-_UNROLL = [None]   # None: fori_loop's default (rolled)
+_UNROLL = [None]   # None: SA_MDRAD_PGD_UNROLL, else 'auto'
+UNROLL_ENV = "SA_MDRAD_PGD_UNROLL"
+AUTO_UNROLL_MAX_STEPS = 20   # 'auto' unrolls loops of at most this many steps on CPU (PGD-10, PGD-20)
+
+
+def resolve_unroll(unroll: int | bool | str | None, steps: int) -> int | bool:
+    """The `fori_loop` unroll of a `steps`-step PGD loop.
+
+    None reads SA_MDRAD_PGD_UNROLL ('auto' when unset): 'auto' unrolls fully on a CPU backend when
+    `steps` <= AUTO_UNROLL_MAX_STEPS and keeps the loop rolled otherwise; 'rolled' (1) and
+    'unrolled' (True) force one; an int is the unroll factor. Why: XLA:CPU runs a network's
+    gradient inside a while loop 1.4-3.6x slower than the same computation unrolled, and any
+    partial unroll (2, 5) is as slow as the rolled loop (BENCHMARKS.md, "The PGD loop on CPU"); on
+    GPUs/TPUs unrolling has not been measured, so it stays rolled there (one compiled body).
+    """
+    if unroll is None:
+        unroll = os.environ.get(UNROLL_ENV, "auto")
+    if isinstance(unroll, str):
+        choices = {"rolled": 1, "unrolled": True}
+        if unroll == "auto":
+            return True if jax.default_backend() == "cpu" and steps <= AUTO_UNROLL_MAX_STEPS else 1
+        if unroll in choices:
+            return choices[unroll]
+        if not unroll.isdigit() or int(unroll) < 1:
+            raise ValueError(f"{UNROLL_ENV}={unroll!r}: accepted are 'auto', 'rolled', 'unrolled' or a positive "
+                             "integer unroll factor.")
+        return int(unroll)
+    return unroll
 
 
 @contextlib.contextmanager
