@@ -12,8 +12,8 @@ if "xla_force_host_platform_device_count" not in _flags:
 # Subprocesses started by tests (CLI runs, multi-process runs) inherit this through the environment.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 # The tests compile far more than they run: keep the PGD loops rolled (one body to compile) instead of
-# the CPU default of unrolling them (`attacks.pgd.resolve_unroll`; the unroll changes speed only, which
-# tests/test_distill_step.py and test_experiments.py check bit for bit with both forms).
+# the CPU default of unrolling them (`attacks.pgd.resolve_unroll`; the unroll changes speed and float
+# rounding only, which tests/test_distill_step.py and test_experiments.py check with both forms).
 os.environ.setdefault("SA_MDRAD_PGD_UNROLL", "rolled")
 
 # The CLI's persistent compilation cache (default under $XDG_CACHE_HOME) goes to a fresh directory

@@ -74,8 +74,11 @@ def pgd_with_carry(loss_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], x
     With `steps=0` the carry is returned unchanged. `unroll` is the `fori_loop` unroll factor
     (True: fully unrolled); None uses the enclosing `loop_unroll(...)` context, else the
     SA_MDRAD_PGD_UNROLL environment variable, else 'auto' (`resolve_unroll`), so a benchmark can
-    compare them without threading a flag through every step builder. The choice changes speed,
-    not values: rolled and unrolled loops give bit-identical iterates (tests/test_attacks.py).
+    compare them without threading a flag through every step builder. The choice changes speed and
+    float rounding only: without XLA's optimizations the two forms train bit-identical states
+    (tests/test_distill_step.py); fully optimized, XLA fuses them differently, and a run's trajectory
+    drifts at the float-rounding level, as between two CPUs (AdaAD on digits: identical for the
+    first epoch, validation accuracies a few tenths of a point apart after three).
 
     This is the project's one PGD loop: training (`pgd`, `pgd_from`, the distillation step) and the
     evaluation attacks (`iterative.pgd_run`, which tracks the first misclassified iterate in the
