@@ -23,7 +23,7 @@ What each run is (sa_mdrad_jax/grid_presets.py: digits_converged_grid):
 * epochs: 60 for every student (every schedule scaled to 60), 40 for the teachers. The 40-epoch
   grid (experiments/results/digits_converged_40) left six methods still rising over their last 10
   epochs; the 60-epoch check (experiments/grids/digits_epochs_check.py,
-  experiments/results/digits_converged_60) found ARD and IAD 5 validation PGD-20 points better at 60
+  experiments/results/digits_converged_60) found ARD, IAD, MTARD and RSLAD 2.8–5.6 validation PGD-20 points better at 60
   and the checked methods flat over epochs 41–60; each run's plateau at 60 is checked again on its
   own curve (grid_presets.still_rising, reported in the results README). The
   teachers' validation curves were flat by 40 (natural: clean 98.3 → 98.6 %, robust: PGD-20
