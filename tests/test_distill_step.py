@@ -85,17 +85,17 @@ def test_step_compiles_once_per_run():
 
 def test_unrolled_attack_loop_trains_bit_identical_states():
     """The PGD loop's unroll (full on CPU by default, `attacks.pgd.resolve_unroll`) does not change
-    the computation: AdaAD (whose attack differentiates through a teacher at every step) trains the
-    same parameters, BN statistics and metrics, bit for bit, with the loop rolled and unrolled under
+    the computation: PGD-AT trains the same parameters, BN statistics and metrics, bit for bit, with
+    the loop rolled and unrolled under
     the suite's XLA settings (most optimizations off; fully optimized, fusion differs and states
     drift at the float-rounding level -- BENCHMARKS.md)."""
     from sa_mdrad_jax.attacks.pgd import loop_unroll
     images, labels = data.load_split("digits", "train", image_size=8)
     mesh = step_lib.make_mesh(jax.devices()[:1])
     with loop_unroll("rolled"):
-        rolled, m_rolled = _setup("adaad", mesh, 2, images, labels)
+        rolled, m_rolled = _setup("pgd_at", mesh, 2, images, labels)
     with loop_unroll("unrolled"):
-        unrolled, m_unrolled = _setup("adaad", mesh, 2, images, labels)
+        unrolled, m_unrolled = _setup("pgd_at", mesh, 2, images, labels)
     for a, b in ((rolled.params, unrolled.params), (rolled.batch_stats, unrolled.batch_stats)):
         jax.tree.map(np.testing.assert_array_equal, a, b)
     assert jax.tree.leaves(rolled.params) and m_rolled[0].keys() == m_unrolled[0].keys()
