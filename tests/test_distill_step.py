@@ -86,8 +86,7 @@ def test_step_compiles_once_per_run():
 def test_unrolled_attack_loop_trains_bit_identical_states():
     """The PGD loop's unroll (full on CPU by default, `attacks.pgd.resolve_unroll`) does not change
     the computation: PGD-AT trains the same parameters, BN statistics and metrics, bit for bit, with
-    the loop rolled and unrolled under
-    the suite's XLA settings (most optimizations off; fully optimized, fusion differs and states
+    the loop rolled and unrolled under the suite's XLA settings (most optimizations off; fully optimized, fusion differs and states
     drift at the float-rounding level -- BENCHMARKS.md)."""
     from sa_mdrad_jax.attacks.pgd import loop_unroll
     images, labels = data.load_split("digits", "train", image_size=8)
