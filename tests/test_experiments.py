@@ -262,7 +262,6 @@ def test_checkpoints_of_one_architecture_share_compiled_attacks():
     import jax.numpy as jnp
     import numpy as np
     import importlib
-    autoattack_module = importlib.import_module("sa_mdrad_jax.attacks.autoattack")
     from sa_mdrad_jax.evaluate import robustness
 
     class Linear(nn.Module):   # the zoo's interface: apply(variables, x, train=) -> (logits, features)
@@ -274,14 +273,20 @@ def test_checkpoints_of_one_architecture_share_compiled_attacks():
     x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (12, 8, 8, 3)))
     y = np.arange(12) % 10
     kw = dict(attack_names=("clean", "fgsm", "autoattack"), eps=32 / 255, batch_size=12, curve_eps=())
-    chunk = autoattack_module._attack_chunk
+    modules = [robustness] + [importlib.import_module(f"sa_mdrad_jax.attacks.{m}")
+                              for m in ("autoattack", "apgd", "fab", "square")]
+
+    def cache_sizes():   # every jitted function of those modules (AutoAttack's host-driven pieces too)
+        return {f"{m.__name__}.{k}": f._cache_size() for m in modules for k, f in vars(m).items()
+                if hasattr(f, "_cache_size")}
+
     records = []
     for seed in (1, 2):
         variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)), train=False)
-        sizes = (robustness._correct_after._cache_size(), chunk._cache_size())
+        sizes = cache_sizes()
         records.append(robustness.evaluate_model(model, variables, x, y, **kw))
     # the second model compiled nothing new
-    assert (robustness._correct_after._cache_size(), chunk._cache_size()) == sizes
+    assert cache_sizes() == sizes and sum(sizes.values()) > 5
     assert records[0]["accuracy"] != records[1]["accuracy"] or records[0]["autoattack"] != records[1]["autoattack"]
     # and what it computed is its own model's: same as a closure over its parameters
     closure = jax.jit(lambda z: model.apply(variables, z, train=False)[0])

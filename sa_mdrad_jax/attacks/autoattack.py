@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_mdrad_jax.attacks.fab import fab_t
+from sa_mdrad_jax.attacks.fab import fab_t, fab_t_host
+from sa_mdrad_jax.attacks.host_loop import as_partial, is_host_driven, resolve_loop
 from sa_mdrad_jax.attacks.pgd import project
 from sa_mdrad_jax.attacks.square import square
 
@@ -64,8 +65,29 @@ def _apgd(name: str) -> Attack:
 _apgd_ce, _apgd_t = _apgd("apgd_ce"), _apgd("apgd_t")  # module-level: stable identity → jit cache
 
 
-def default_registry() -> dict[str, Attack]:
-    """The standard attacks with AutoAttack's standard hyper-parameters (the functions' defaults)."""
+def _apgd_host(name: str) -> Attack:
+    def attack(logits_fn, x, y, key, *, eps):
+        from sa_mdrad_jax.attacks import apgd
+
+        return getattr(apgd, name + "_host")(logits_fn, x, y, key, eps=eps)
+
+    attack.__name__ = name + "_host"
+    attack.host_driven = True
+    return attack
+
+
+_apgd_ce_host, _apgd_t_host = _apgd_host("apgd_ce"), _apgd_host("apgd_t")
+
+
+def default_registry(loop: str | None = None) -> dict[str, Attack]:
+    """The standard attacks with AutoAttack's standard hyper-parameters (the functions' defaults).
+
+    loop: 'host' drives APGD, APGD-T and FAB-T from Python one jitted iteration at a time,
+    'device' runs each inside one compiled program, 'auto'/None picks by backend
+    (attacks/host_loop.py: host on CPU). Square's loop is forward-only and stays on the device.
+    """
+    if resolve_loop(loop) == "host":
+        return {"apgd_ce": _apgd_ce_host, "apgd_t": _apgd_t_host, "fab_t": fab_t_host, "square": square}
     return {"apgd_ce": _apgd_ce, "apgd_t": _apgd_t, "fab_t": fab_t, "square": square}
 
 
@@ -91,27 +113,34 @@ def _chunks(idx: np.ndarray, batch_size: int, n_buckets: int = N_BUCKETS) -> lis
     return out
 
 
-def as_partial(logits_fn: LogitsFn) -> jax.tree_util.Partial:
-    """`logits_fn` as a pytree the compiled chunk functions take as an ordinary argument.
-
-    A `jax.tree_util.Partial(f, variables)` keeps `f` static and the variables as traced leaves, so
-    every model of one architecture (same `f`, same variable shapes) shares one compiled attack;
-    any other callable is wrapped with no leaves and is static by identity, as before.
-    """
-    return logits_fn if isinstance(logits_fn, jax.tree_util.Partial) else jax.tree_util.Partial(logits_fn)
-
-
 @jax.jit
 def _predict(x: jax.Array, logits_fn: jax.tree_util.Partial) -> jax.Array:
     return jnp.argmax(logits_fn(x), axis=-1)
 
 
+def _finish_chunk(x_adv: jax.Array, x: jax.Array, y: jax.Array, logits_fn: jax.tree_util.Partial, *,
+                  eps: float) -> tuple[jax.Array, jax.Array]:
+    """(x_adv projected onto the ε-ball ∩ [0,1] — a guard, a no-op if valid — still-correct mask)."""
+    x_adv = project(x_adv, x, eps)
+    return x_adv, jnp.argmax(logits_fn(x_adv), axis=-1) == y
+
+
+_finish_chunk_jit = jax.jit(_finish_chunk, static_argnames=("eps",))
+
+
 @functools.partial(jax.jit, static_argnames=("attack", "eps"))
+def _attack_chunk_jit(x: jax.Array, y: jax.Array, key: jax.Array, logits_fn: jax.tree_util.Partial, *,
+                      attack: Attack, eps: float) -> tuple[jax.Array, jax.Array]:
+    return _finish_chunk(attack(logits_fn, x, y, key, eps=eps), x, y, logits_fn, eps=eps)
+
+
 def _attack_chunk(x: jax.Array, y: jax.Array, key: jax.Array, logits_fn: jax.tree_util.Partial, *, attack: Attack,
                   eps: float) -> tuple[jax.Array, jax.Array]:
-    """Runs one attack on a chunk: (x_adv projected onto the ε-ball ∩ [0,1], still-correct mask)."""
-    x_adv = project(attack(logits_fn, x, y, key, eps=eps), x, eps)  # guards the ball, no-op if valid
-    return x_adv, jnp.argmax(logits_fn(x_adv), axis=-1) == y
+    """Runs one attack on a chunk: (x_adv projected onto the ε-ball ∩ [0,1], still-correct mask).
+    A jittable attack runs in one compiled program; a host-driven one jits its own pieces."""
+    if is_host_driven(attack):
+        return _finish_chunk_jit(attack(logits_fn, x, y, key, eps=eps), x, y, logits_fn, eps=eps)
+    return _attack_chunk_jit(x, y, key, logits_fn, attack=attack, eps=eps)
 
 
 def _predict_all(logits_fn: LogitsFn, x: np.ndarray, batch_size: int, n_buckets: int) -> np.ndarray:
@@ -129,7 +158,8 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
     x: float32 [N,H,W,C] in [0,1]; y: int [N]. `registry` maps names to attacks with the shared
     signature attack(logits_fn, x, y, key, *, eps) -> x_adv (default: `default_registry()`).
     `batch_size=None` attacks all points in one chunk; a partial chunk is padded to one of
-    `n_buckets` sizes (module docstring). Compiled attacks are reused across calls when
+    `n_buckets` sizes (module docstring). The default registry follows `attacks.host_loop.resolve_loop`
+    (host-driven APGD/FAB loops on CPU, $SA_MDRAD_AA_LOOP to override). Compiled attacks are reused across calls when
     `logits_fn` is a stable object or a `jax.tree_util.Partial` of a stable function (`as_partial`).
 
     report: n_points, eps, attacks, clean_accuracy, robust_accuracy_after {name: cumulative

@@ -42,7 +42,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sa_mdrad_jax.attacks.host_loop import as_partial, host_driven, host_fori_loop
 from sa_mdrad_jax.attacks.registry import register_attack
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -94,51 +96,73 @@ def _bcast(m: jax.Array, ref: jax.Array) -> jax.Array:
     return m.reshape(m.shape + (1,) * (ref.ndim - 1))
 
 
-def _fab_target_run(logits_fn: LogitsFn, x0: jax.Array, y: jax.Array, target: jax.Array,
-                    active: jax.Array, x_start: jax.Array, *, n_iter: int, alpha_max: float,
-                    eta: float, beta: float) -> tuple[jax.Array, jax.Array]:
-    """One FAB run towards `target`: (min-norm adversarial point found [B,...], its ‖δ‖∞ or ∞)."""
+def fab_iterate(carry: tuple[jax.Array, jax.Array, jax.Array], logits_fn: LogitsFn, x0: jax.Array, y: jax.Array,
+                target: jax.Array, active: jax.Array, *, alpha_max: float, eta: float,
+                beta: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One FAB iteration towards `target`: carry (iterate, best adversarial point, its ‖δ‖∞ or ∞)."""
+    x1, best, best_norm = carry
     b = x0.shape[0]
     rows = jnp.arange(b)
     x0_flat = x0.reshape(b, -1)
 
-    def margin(z):  # f(z) = z_t − z_y per example (> 0 ⇔ t beats y)
+    def summed_margin(z):  # f(z) = z_t − z_y per example (> 0 ⇔ t beats y), summed for the gradient
         logits = logits_fn(z)
-        return logits[rows, target] - logits[rows, y]
-
-    def summed_margin(z):
-        f = margin(z)
+        f = logits[rows, target] - logits[rows, y]
         return jnp.sum(f), f
 
     # One forward pass gives both f(x1) and ∇f(x1) (the margin is the aux output of the gradient).
-    margin_and_grad = jax.grad(summed_margin, has_aux=True)
+    g, f = jax.grad(summed_margin, has_aux=True)(x1)
+    w = g.reshape(b, -1)
+    # Linearised boundary: f(x1) + w·(z − x1) = 0. Required change of w·δ from each point.
+    c1 = -f
+    c0 = -f - jnp.sum(w * (x0_flat - x1.reshape(b, -1)), axis=1)
+    d = project_linf_hyperplane_box(jnp.concatenate([x1.reshape(b, -1), x0_flat]),
+                                    jnp.concatenate([w, w]), jnp.concatenate([c1, c0]))
+    n = jnp.maximum(jnp.max(jnp.abs(d), axis=1), 1e-8)
+    d1, d2 = d[:b].reshape(x0.shape), d[b:].reshape(x0.shape)
+    alpha = jnp.clip(n[:b] / (n[:b] + n[b:]), 0.0, alpha_max)
+    alpha = _bcast(alpha, x0)
+    x1 = jnp.clip((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0 + eta * d2), 0.0, 1.0)
 
-    def body(_, carry):
-        x1, best, best_norm = carry
-        g, f = margin_and_grad(x1)
-        w = g.reshape(b, -1)
-        # Linearised boundary: f(x1) + w·(z − x1) = 0. Required change of w·δ from each point.
-        c1 = -f
-        c0 = -f - jnp.sum(w * (x0_flat - x1.reshape(b, -1)), axis=1)
-        d = project_linf_hyperplane_box(jnp.concatenate([x1.reshape(b, -1), x0_flat]),
-                                        jnp.concatenate([w, w]), jnp.concatenate([c1, c0]))
-        n = jnp.maximum(jnp.max(jnp.abs(d), axis=1), 1e-8)
-        d1, d2 = d[:b].reshape(x0.shape), d[b:].reshape(x0.shape)
-        alpha = jnp.clip(n[:b] / (n[:b] + n[b:]), 0.0, alpha_max)
-        alpha = _bcast(alpha, x0)
-        x1 = jnp.clip((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0 + eta * d2), 0.0, 1.0)
+    is_adv = jnp.argmax(logits_fn(x1), axis=-1) != y
+    norm = _linf(x1 - x0)
+    better = is_adv & active & (norm < best_norm)
+    best = jnp.where(_bcast(better, x0), x1, best)
+    best_norm = jnp.where(better, norm, best_norm)
+    x1 = jnp.where(_bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
+    return x1, best, best_norm
 
-        is_adv = jnp.argmax(logits_fn(x1), axis=-1) != y
-        norm = _linf(x1 - x0)
-        better = is_adv & active & (norm < best_norm)
-        best = jnp.where(_bcast(better, x0), x1, best)
-        best_norm = jnp.where(better, norm, best_norm)
-        x1 = jnp.where(_bcast(is_adv, x0), x0 + beta * (x1 - x0), x1)
-        return x1, best, best_norm
 
-    init = (x_start, x0, jnp.full((b,), jnp.inf, x0.dtype))
-    _, best, best_norm = jax.lax.fori_loop(0, n_iter, body, init)
-    return best, best_norm
+def fab_prepare(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, n_target_classes: int
+                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(x as float32 without gradient, y as int32, classes by descending clean logit, clean-correct
+    mask). `n_target_classes` is unused here; it keeps the jitted signature that of the attack."""
+    x = jax.lax.stop_gradient(x.astype(jnp.float32))
+    y = y.astype(jnp.int32)
+    clean_logits = logits_fn(x)
+    ranked = jnp.argsort(-clean_logits, axis=-1)
+    return x, y, ranked, ranked[:, 0] == y
+
+
+def fab_run_start(k: jax.Array, x: jax.Array, ranked: jax.Array, key: jax.Array, *, eps: float | jax.Array,
+                  n_restarts: int) -> tuple[jax.Array, jax.Array]:
+    """Run k = target index · n_restarts + restart: (its target class [B], its start point)."""
+    target = jax.lax.dynamic_index_in_dim(ranked, k // n_restarts + 1, axis=1, keepdims=False)
+    restart = k % n_restarts
+    u = jax.random.uniform(jax.random.fold_in(key, k), x.shape, x.dtype, -1.0, 1.0)
+    u = u / _bcast(jnp.maximum(_linf(u), 1e-12), x)
+    return target, jnp.where(restart > 0, jnp.clip(x + 0.5 * eps * u, 0.0, 1.0), x)
+
+
+def fab_run_merge(best: jax.Array, best_norm: jax.Array, active: jax.Array, broken: jax.Array, x_adv: jax.Array,
+                  x: jax.Array, *, eps: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """After a run: points it broke within ε (and not broken before) take its adversarial point."""
+    newly = active & (best_norm <= eps)
+    return broken | newly, jnp.where(_bcast(newly, x), best, x_adv)
+
+
+def _n_targets(n_target_classes: int, ranked: jax.Array) -> int:
+    return min(n_target_classes, ranked.shape[-1] - 1)
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "n_iter", "n_target_classes", "n_restarts",
@@ -153,31 +177,50 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, ep
     is that example, else x_adv = x. Targets: the 2nd..(n_target_classes+1)-th largest clean
     logits (capped at C − 1). `key` only feeds the random starts of restarts ≥ 1.
     """
-    x = jax.lax.stop_gradient(x.astype(jnp.float32))
-    y = y.astype(jnp.int32)
-    clean_logits = logits_fn(x)
-    n_targets = min(n_target_classes, clean_logits.shape[-1] - 1)
-    ranked = jnp.argsort(-clean_logits, axis=-1)
-    correct = ranked[:, 0] == y
-    run = functools.partial(_fab_target_run, logits_fn, n_iter=n_iter, alpha_max=alpha_max,
-                            eta=eta, beta=beta)
+    x, y, ranked, correct = fab_prepare(logits_fn, x, y, n_target_classes)
+    hyper = dict(alpha_max=alpha_max, eta=eta, beta=beta)
 
     def one_run(k, carry):
         broken, x_adv = carry
-        target = jax.lax.dynamic_index_in_dim(ranked, k // n_restarts + 1, axis=1, keepdims=False)
-        restart = k % n_restarts
-        u = jax.random.uniform(jax.random.fold_in(key, k), x.shape, x.dtype, -1.0, 1.0)
-        u = u / _bcast(jnp.maximum(_linf(u), 1e-12), x)
-        x_start = jnp.where(restart > 0, jnp.clip(x + 0.5 * eps * u, 0.0, 1.0), x)
+        target, x_start = fab_run_start(k, x, ranked, key, eps=eps, n_restarts=n_restarts)
         active = correct & ~broken
 
         def attack(_):
-            best, best_norm = run(x, y, target, active, x_start)
-            newly = active & (best_norm <= eps)
-            return broken | newly, jnp.where(_bcast(newly, x), best, x_adv)
+            body = lambda _, c: fab_iterate(c, logits_fn, x, y, target, active, **hyper)
+            init = (x_start, x, jnp.full((x.shape[0],), jnp.inf, x.dtype))
+            _, best, best_norm = jax.lax.fori_loop(0, n_iter, body, init)
+            return fab_run_merge(best, best_norm, active, broken, x_adv, x, eps=eps)
 
         return jax.lax.cond(jnp.any(active), attack, lambda _: (broken, x_adv), None)
 
     init = (jnp.zeros(x.shape[0], bool), x)
-    _, x_adv = jax.lax.fori_loop(0, n_targets * n_restarts, one_run, init)
+    _, x_adv = jax.lax.fori_loop(0, _n_targets(n_target_classes, ranked) * n_restarts, one_run, init)
+    return jax.lax.stop_gradient(x_adv)
+
+
+_prepare_jit = jax.jit(fab_prepare, static_argnames=("n_target_classes",))
+_run_start_jit = jax.jit(fab_run_start, static_argnames=("n_restarts",))
+_iterate_jit = jax.jit(fab_iterate, static_argnames=("alpha_max", "eta", "beta"))
+_run_merge_jit = jax.jit(fab_run_merge)
+
+
+@host_driven
+def fab_t_host(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float | jax.Array,
+               n_iter: int = 100, n_target_classes: int = 9, n_restarts: int = 1, alpha_max: float = 0.1,
+               eta: float = 1.05, beta: float = 0.9) -> jax.Array:
+    """`fab_t` driven from the host (attacks/host_loop.py), one jitted iteration per call; a target
+    run is skipped when no point is left to attack, as in `fab_t`. The same result."""
+    logits_fn = as_partial(logits_fn)
+    x, y, ranked, correct = _prepare_jit(logits_fn, x, y, n_target_classes=n_target_classes)
+    eps = jnp.float32(eps)
+    broken, x_adv = jnp.zeros(x.shape[0], bool), x
+    for k in range(_n_targets(n_target_classes, ranked) * n_restarts):
+        active = correct & ~broken
+        if not bool(jnp.any(active)):
+            continue
+        target, x_start = _run_start_jit(np.int32(k), x, ranked, key, eps=eps, n_restarts=n_restarts)
+        body = lambda _, c: _iterate_jit(c, logits_fn, x, y, target, active, alpha_max=alpha_max, eta=eta,
+                                         beta=beta)
+        carry = host_fori_loop(0, n_iter, body, (x_start, x, jnp.full((x.shape[0],), jnp.inf, x.dtype)))
+        broken, x_adv = _run_merge_jit(carry[1], carry[2], active, broken, x_adv, x, eps=eps)
     return jax.lax.stop_gradient(x_adv)
