@@ -20,6 +20,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from sa_mdrad_jax import paths
 
 MODEL_KEYS = ("name", "width", "num_classes", "normalize")
+NOT_SIGNATURE = ("dtype", "bn_axis_name")   # how a model computes, not what it is
 
 
 class CheckpointMismatchError(ValueError):
@@ -74,8 +75,11 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def model_signature(model_config) -> dict:
-    """The fields that decide a model's parameter shapes, as plain JSON values."""
+    """The fields that decide what a model is, as plain JSON values: name, width, classes,
+    normalisation and any architecture option beyond them (e.g. `stem_stride`, which changes the
+    computation but not one parameter shape)."""
     sig = {k: model_config[k] for k in MODEL_KEYS if k in model_config}
+    sig.update({k: v for k, v in model_config.items() if k not in MODEL_KEYS and k not in NOT_SIGNATURE})
     if isinstance(sig.get("normalize"), (list, tuple)):
         sig["normalize"] = [list(v) for v in sig["normalize"]]
     return sig

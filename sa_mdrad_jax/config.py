@@ -158,6 +158,19 @@ def validate_numbers(config: ml_collections.ConfigDict) -> None:
             check_number(m.steps, "method.steps", integer=True, accepted="a positive integer")
 
 
+def _check_model_options(model_config) -> None:
+    """Fields of a model block beyond name/width/dtype/normalize must be options of that architecture."""
+    import inspect
+
+    from sa_mdrad_jax import models
+    standard = ("name", "width", "dtype", "normalize", "num_classes", "bn_axis_name")
+    accepted = [p for p in inspect.signature(models.MODELS[model_config.name]).parameters if p not in standard]
+    unknown = [k for k in model_config.keys() if k not in standard and k not in accepted]
+    if unknown:
+        raise ConfigError(f"Model {model_config.name!r} has no option {', '.join(map(repr, unknown))}; its options "
+                          f"beyond name/width/dtype/normalize: {', '.join(accepted) or 'none'}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Semantic checks of a training config; raises ConfigError with the accepted values."""
     # Imported here so `config` stays importable without pulling in JAX models.
@@ -173,6 +186,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for model_config in model_configs:
         _require_choice(model_config.name, models.available_models(), "model")
         _require_choice(model_config.dtype, ("float32", "bfloat16"), "dtype")
+        _check_model_options(model_config)
     if "model" in config and config.model.normalize:
         from sa_mdrad_jax.models import common
         if isinstance(config.model.normalize, str):

@@ -17,7 +17,9 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
   evaluation                   {'attacks', 'n_points', 'eps', 'batch_size', 'seed', 'curve_eps'} and optionally
                                'checkpoint': 'final' (default) or 'best' (the run's best checkpoint by its
                                validation metric, `checkpoint.best_metric`), and 'split': 'test' (default)
-                               or 'validation' (the runs' own validation split: for choices, e.g. a sweep)
+                               or 'validation' (the runs' own validation split: for choices, e.g. a sweep),
+                               and 'attack_points' {attack: n}: those attacks on the first n points only
+                               (e.g. {'autoattack': 1000} of n_points 10000)
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
@@ -82,6 +84,10 @@ def load_grid(path: str) -> dict:
     config_lib.check_attack_names(tuple(grid["evaluation"]["attacks"]), f"Grid file {path}: evaluation.attacks")
     config_lib.check_number(grid["evaluation"]["n_points"], f"Grid file {path}: evaluation.n_points", integer=True,
                             accepted="a positive number of test points")
+    if grid["evaluation"].get("attack_points"):
+        from sa_mdrad_jax.evaluate.robustness import check_attack_points
+        check_attack_points(grid["evaluation"]["attack_points"], tuple(grid["evaluation"]["attacks"]),
+                            f"Grid file {path}: evaluation.attack_points")
     return grid
 
 
@@ -221,6 +227,7 @@ def evaluation_matches(record: dict, evaluation: dict, step: int | None) -> bool
     want_curve = sorted(f"{e:.6f}" for e in evaluation["curve_eps"])
     return (list(record.get("accuracy", {})) == list(evaluation["attacks"])
             and record.get("n_points") == evaluation["n_points"]
+            and record.get("attack_points", {}) == dict(evaluation.get("attack_points") or {})
             and abs(record.get("eps", -1) - evaluation["eps"]) < 1e-9
             and record.get("seed") == evaluation["seed"]
             and sorted(record.get("curve", {})) == want_curve)
@@ -243,6 +250,8 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
     kwargs = {"step": step, "selection": "best"} if evaluation.get("checkpoint", "final") == "best" else {}
     if evaluation.get("split", "test") != "test":
         kwargs["split"] = evaluation["split"]
+    if evaluation.get("attack_points"):
+        kwargs["attack_points"] = dict(evaluation["attack_points"])
     return evaluate_fn(workdir, attack_names=tuple(evaluation["attacks"]), n_points=evaluation["n_points"],
                        eps=evaluation["eps"], batch_size=evaluation["batch_size"], seed=evaluation["seed"],
                        curve_eps=tuple(evaluation["curve_eps"]), out_dir=paths.join(workdir, eval_dir), **kwargs)

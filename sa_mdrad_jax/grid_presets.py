@@ -213,7 +213,7 @@ def schedule_of(method: str) -> str:
 
 
 def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robust_model: dict | None = None,
-                   epochs: int, teacher_epochs: int, batch_size: int, lr: float, robust_points: int,
+                   student_options: dict | None = None, epochs: int, teacher_epochs: int, batch_size: int, lr: float, robust_points: int,
                    eval_batch_size: int, log_every: int, evaluation: dict, methods: tuple, seeds: tuple,
                    name: str, root: str, results: str) -> dict:
     """Every method in `methods` in its paper's setting on one dataset, trained until validation
@@ -224,6 +224,7 @@ def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robus
     {name: model spec} of the natural teachers (SA-MDRAD's set; the first is MTARD's natural one).
     `robust_model`: the architecture of the adversarially trained teacher (PGD-AT, `teacher_epochs`)
     of ARD/IAD/RSLAD/AdaAD and MTARD (default: the first natural teacher's, as in the papers).
+    `student_options`: extra model-spec fields of the student (e.g. {'stem_stride': 2}).
     Training attack PGD-10 of 2.5·ε/10; each paper's piecewise schedule scaled to `epochs`, SGD
     momentum 0.9 at `lr` and `batch_size`; TRADES and IAD scaled by their recipes; AdaAD+IGDM with
     the IGDM scripts' weight decay 2e-4 and batchmean KL; natural training selects on clean accuracy."""
@@ -243,7 +244,7 @@ def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robus
         return c
 
     base = config_lib.distill_config("sa_mdrad")
-    base.model.update(name=student, width=1.0, normalize=dataset)
+    base.model.update(name=student, width=1.0, normalize=dataset, **(student_options or {}))
     base.method.update(eps=eps, steps=pgd_steps, step_size=2.5 * eps / pgd_steps)
 
     def teachers_of(method):
@@ -413,3 +414,33 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
                        "batch_size": 287, "seed": 0, "curve_eps": (), "checkpoint": "best", "split": "validation"},
     }
+
+
+FASHION_EPS = 0.1
+FASHION_VALIDATION = 1000
+
+
+def fashion_mnist_grid(*, train_size: int = 20000, epochs: int = 15, teacher_epochs: int = 15,
+                       seeds: tuple = (0, 1), root: str = "workdir/grids/fashion_mnist",
+                       results: str = "experiments/results/fashion_mnist") -> dict:
+    """PGD-AT, TRADES, RSLAD, AdaAD and SA-MDRAD (and the natural reference) on Fashion-MNIST at
+    ε = 0.1, sized to a 2-core CPU (experiments/grids/fashion_mnist.py explains every choice).
+
+    The student and the teachers halve the 28×28 input in their stem (`stem_stride=2`): a third of
+    the cost of every gradient, which is what AutoAttack on 1,000 points needs on a CPU."""
+    student_options = {"stem_stride": 2}
+    natural = {"resnet": dict(name="resnet_tiny", width=2.0, stem_stride=2, normalize="fashion_mnist"),
+               "vgg": dict(name="vgg_tiny", width=4.0, normalize="fashion_mnist")}
+    methods = (NATURAL, "pgd_at", "trades", "rslad", "adaad", "sa_mdrad")
+    return converged_grid(
+        data=dict(name="fashion_mnist", crop_pad=2, flip=True, validation_size=FASHION_VALIDATION,
+                  train_size=train_size),
+        eps=FASHION_EPS, student="resnet_tiny", student_options=student_options, natural=natural,
+        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=128, lr=0.1,
+        robust_points=500, eval_batch_size=500, log_every=50,
+        evaluation={"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 10000,
+                    "batch_size": 500, "attack_points": {"autoattack": 1000}},
+        methods=methods, seeds=tuple(seeds),
+        name=(f"Fashion-MNIST (28×28, ε = 0.1), resnet_tiny (stem stride 2) student, {train_size} training "
+              f"images, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint"),
+        root=root, results=results)

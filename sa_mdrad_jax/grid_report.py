@@ -305,7 +305,9 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         selection = {"best": "best-validation checkpoint", "final": "final checkpoint"}.get(first.get("selection", "final"))
         head = (f"### {dataset}, {student} student\n\nAccuracy (%) of each run's {selection} on the first "
                 f"{first['n_points']} points of the {first.get('split', 'test')} split, "
-                f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds{aa}.\n\n")
+                f"L∞ ε = {first['eps'] * 255:.4g}/255, mean ± std over seeds{aa}"
+                + "".join(f"; {name} on the first {n}" for name, n in first.get("attack_points", {}).items())
+                + ".\n\n")
         parts.append(head + markdown_table(group, methods))
         if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1:
             parts.append("Paired difference to PGD-AT over the same seeds (percentage points, mean ± standard "

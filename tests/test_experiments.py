@@ -88,12 +88,13 @@ def test_evaluation_is_reused_only_when_it_matches(tmp_path):
         json.dump(stored, f)
     assert grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None) == stored and not calls
     for changed in ({"n_points": 100}, {"eps": 4 / 255}, {"attacks": ("clean", "pgd20")},
-                    {"curve_eps": (0.0, 8 / 255)}):
+                    {"curve_eps": (0.0, 8 / 255)}, {"attack_points": {"pgd20": 10}}):
         grid.evaluate_run(workdir, {**EVAL, **changed}, fake_eval, log=lambda m: None)
-    assert [c["n_points"] for c in calls] == [100, 50, 50, 50]
+    assert [c["n_points"] for c in calls] == [100, 50, 50, 50, 50]
+    assert calls[-1]["attack_points"] == {"pgd20": 10} and "attack_points" not in calls[0]
     grid.mark_finished(workdir, ml_collections.ConfigDict({"a": 1}), {"step": 30})   # trained further
     grid.evaluate_run(workdir, EVAL, fake_eval, log=lambda m: None)
-    assert len(calls) == 5
+    assert len(calls) == 6
 
 
 def test_a_second_evaluation_dir_keeps_both_evaluations(tmp_path):
@@ -291,6 +292,35 @@ def test_checkpoints_of_one_architecture_share_compiled_attacks():
     # and what it computed is its own model's: same as a closure over its parameters
     closure = jax.jit(lambda z: model.apply(variables, z, train=False)[0])
     assert records[1]["accuracy"]["clean"] == float(np.mean(np.argmax(closure(x), -1) == y))
+
+
+def test_attack_points_evaluates_an_attack_on_the_first_points_only():
+    """AutoAttack on 1,000 of 10,000 points: an attack in `attack_points` sees only the first n."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from sa_mdrad_jax.config import ConfigError
+    from sa_mdrad_jax.evaluate import robustness
+
+    class Linear(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1) - 0.5), {}
+
+    model = Linear()
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (20, 4, 4, 3)))
+    variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 4, 4, 3)))
+    y = np.array(jnp.argmax(model.apply(variables, jnp.asarray(x))[0], -1))   # clean accuracy 1
+    y[5:] = (y[5:] + 1) % 10                                                       # 0 beyond the first 5
+    kw = dict(eps=8 / 255, batch_size=20, curve_eps=())
+    some = robustness.evaluate_model(model, variables, x, y, attack_names=("clean", "fgsm"),
+                                     attack_points={"fgsm": 5}, **kw)
+    alone = robustness.evaluate_model(model, variables, x[:5], y[:5], attack_names=("fgsm",), **kw)
+    assert some["accuracy"]["clean"] == 0.25 and some["n_points"] == 20 and some["attack_points"] == {"fgsm": 5}
+    assert some["accuracy"]["fgsm"] == alone["accuracy"]["fgsm"] > 0.25
+    with pytest.raises(ConfigError, match=r"attack_points names \['pgd20'\], which are not evaluated"):
+        robustness.evaluate_model(model, variables, x, y, attack_names=("clean",), attack_points={"pgd20": 5}, **kw)
 
 
 def test_runners_share_a_grid_through_lock_files(tmp_path):

@@ -318,3 +318,33 @@ def test_sync_batchnorm_under_shard_map():
     first = np.asarray(jax.tree_util.tree_leaves(local)[0])
     half = first.shape[0] // 2
     assert not np.allclose(first[:half], first[half:])
+
+
+def test_stem_stride_halves_every_feature_map_and_is_part_of_the_model_identity():
+    """`stem_stride=2` (Fashion-MNIST grid): same parameters, half the spatial size at every stage;
+    the option reaches the training loop's model, the checkpoint signature and config validation."""
+    from sa_mdrad_jax import checkpoints, config as config_lib
+    from sa_mdrad_jax.train.loop import model_config_of
+
+    x = jnp.zeros((1, 28, 28, 3))
+    shapes = {}
+    for stride in (1, 2):
+        model = get_model("resnet_tiny", num_classes=10, stem_stride=stride)
+        v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+        _, feats = jax.eval_shape(lambda v: model.apply(v, x, train=False), v)
+        shapes[stride] = ({k: f.shape[1] for k, f in feats.items()}, count_params(v))
+    assert shapes[1][0]["stage1"] == 28 and shapes[2][0]["stage1"] == 14 and shapes[2][0]["final"] == 2
+    assert shapes[1][1] == shapes[2][1]
+    with pytest.raises(ValueError, match="stem_stride must be 1 .* or 2"):
+        get_model("resnet_tiny", num_classes=10, stem_stride=3)
+
+    cfg = config_lib.base_config()
+    cfg.model.update(name="resnet_tiny", stem_stride=2)
+    kwargs = model_config_of(cfg, 10)
+    assert kwargs["stem_stride"] == 2
+    assert checkpoints.model_signature(kwargs) != checkpoints.model_signature({**kwargs, "stem_stride": 1})
+    assert checkpoints.model_signature({**kwargs, "dtype": "bfloat16"}) == checkpoints.model_signature(kwargs)
+    config_lib.validate(cfg)
+    cfg.model.name = "vgg_tiny"
+    with pytest.raises(config_lib.ConfigError, match="'vgg_tiny' has no option 'stem_stride'"):
+        config_lib.validate(cfg)

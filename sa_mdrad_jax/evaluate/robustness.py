@@ -77,21 +77,39 @@ def check_attack_names(attack_names, what: str = "attacks") -> None:
     config_lib.check_attack_names(attack_names, what, extra=SPECIAL_ATTACKS)
 
 
+def check_attack_points(attack_points, attack_names, what: str = "attack_points") -> dict[str, int]:
+    """{attack: n} with every attack among `attack_names` and every n a positive int; else ConfigError."""
+    attack_points = dict(attack_points or {})
+    unknown = [a for a in attack_points if a not in attack_names]
+    if unknown:
+        raise ConfigError(f"{what} names {unknown}, which are not evaluated; accepted: some of {list(attack_names)}.")
+    for name, n in attack_points.items():
+        check_number(n, f"{what}[{name!r}]", integer=True, accepted="a positive number of points")
+    return attack_points
+
+
 def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_names=DEFAULT_ATTACKS,
-                   eps: float = 8 / 255, batch_size: int = 200, seed: int = 0, curve_eps=CURVE_EPS) -> dict:
+                   eps: float = 8 / 255, batch_size: int = 200, seed: int = 0, curve_eps=CURVE_EPS,
+                   attack_points=None) -> dict:
     """{'accuracy': {name: acc}, 'autoattack': report, 'curve': {eps: acc under pgd20}, 'seconds': ...}.
 
     Attacks are compiled once per architecture and batch size in a process (`model_logits`), for
     every ε (traced). `attack_names` are registered attacks or spec strings (attacks/registry.py),
-    'clean' and 'autoattack'.
+    'clean' and 'autoattack'. `attack_points` {name: n} evaluates those attacks on the first n
+    points only (e.g. AutoAttack on 1,000 of 10,000); the record's 'attack_points' says which.
     """
     check_attack_names(attack_names)   # all of them before the first one runs
+    attack_points = check_attack_points(attack_points, attack_names)
     logits_fn = model_logits(model, variables)
     key = jax.random.PRNGKey(seed)
     result = {"accuracy": {}, "seconds": {}, "eps": eps, "n_points": int(len(x)), "seed": seed}
+    if attack_points:
+        result["attack_points"] = {name: min(int(n), len(x)) for name, n in attack_points.items()}
+    x_all, y_all = x, y
     with jax.default_matmul_precision("highest"):
         for k, name in enumerate(attack_names):
             t0 = time.perf_counter()
+            x, y = x_all[:attack_points.get(name, len(x_all))], y_all[:attack_points.get(name, len(y_all))]
             if name == "clean":
                 acc = robust_accuracy(logits_fn, None, x, y, key, eps=0.0, batch_size=batch_size)
             elif name == "autoattack":
@@ -104,6 +122,7 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
                                       batch_size=batch_size)
             result["accuracy"][name] = acc
             result["seconds"][name] = time.perf_counter() - t0
+        x, y = x_all, y_all
         if curve_eps:
             result["curve"] = {f"{e:.6f}": robust_accuracy(logits_fn, attacks.pgd20, x, y, jax.random.fold_in(key, 99),
                                                            eps=e, batch_size=batch_size) if e > 0 else
@@ -114,10 +133,10 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
 def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points: int = 1000, eps: float = 8 / 255,
                         batch_size: int = 200, seed: int = 0, data_dir: str | None = None, out_dir: str | None = None,
                         curve_eps=CURVE_EPS, step: int | None = None, selection: str = "final",
-                        split: str = "test", log=print) -> dict:
+                        split: str = "test", attack_points=None, log=print) -> dict:
     """Evaluates a checkpoint of `workdir` (`step`, default the latest) on the first `n_points`
     points of `split` ('test', or 'validation': the run's own validation split, for choices made
-    on it); writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
+    on it), the attacks named in `attack_points` on fewer; writes evaluation.{json,md,png} to `out_dir`. `selection` records how the step was
     chosen ('final', or 'best' by the run's validation metric).
 
     `n_points` above the split's size evaluates the whole split, and `log` says so.
@@ -127,6 +146,7 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
     check_number(batch_size, "batch_size", integer=True, accepted="a positive integer")
     check_number(eps, "eps", high=1.0, accepted="in (0, 1] (pixels are in [0, 1]; --eps_255 in (0, 255])")
     check_attack_names(attack_names)
+    check_attack_points(attack_points, attack_names)
     model_cfg, variables, meta = checkpoints.load_variables(workdir, step)
     model = models.get_model(**{**model_cfg, "dtype": "float32"})
     image_size = meta["image_shape"][0]
@@ -146,7 +166,7 @@ def evaluate_checkpoint(workdir: str, *, attack_names=DEFAULT_ATTACKS, n_points:
             f"evaluating all {len(x)}.")
     x, y = x[:n_points].astype(np.float32) / 255.0, y[:n_points]
     result = evaluate_model(model, variables, x, y, attack_names=attack_names, eps=eps, batch_size=batch_size,
-                            seed=seed, curve_eps=curve_eps)
+                            seed=seed, curve_eps=curve_eps, attack_points=attack_points)
     record = {"model": model_cfg, "checkpoint": paths.absolute(workdir), "step": meta.get("step"),
               "split": split, "selection": selection,
               "dataset": meta["dataset"], "method": meta.get("method"), **result,

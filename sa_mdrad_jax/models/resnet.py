@@ -3,6 +3,9 @@
 3x3 stride-1 stem conv (64 channels) + BN + ReLU, no max-pool, four stages of BasicBlocks or
 Bottlenecks with planes (64, 128, 256, 512) and strides (1, 2, 2, 2); a 1x1 conv + BN projection
 shortcut wherever the stride or channel count changes; global average pool; linear classifier.
+`stem_stride=2` (a model-spec option) makes the stem conv stride 2: every feature map is halved,
+about a quarter of the compute, for inputs larger than CIFAR's relative to the model (28×28
+Fashion-MNIST on a CPU budget; experiments/grids/fashion_mnist.py).
 """
 from __future__ import annotations
 
@@ -79,13 +82,15 @@ class ResNet(Classifier):
     num_blocks: tuple[int, ...] = (2, 2, 2, 2)
     stage_planes: tuple[int, ...] = (64, 128, 256, 512)
     stem_channels: int = 64
+    stem_stride: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         block_cls = _BLOCKS[self.block]
         dt = self.compute_dtype
         x = self.prepare_input(x)
-        out = conv(self.ch(self.stem_channels), 3, in_features=x.shape[-1], dtype=dt, name="conv1")(x)
+        out = conv(self.ch(self.stem_channels), 3, in_features=x.shape[-1], stride=self.stem_stride, dtype=dt,
+                   name="conv1")(x)
         out = nn.relu(self.bn(train, "bn1")(out))
         feats = {}
         for s, (n, planes) in enumerate(zip(self.num_blocks, self.stage_planes)):
@@ -100,9 +105,12 @@ class ResNet(Classifier):
 
 def _resnet(block, num_blocks, stage_planes=(64, 128, 256, 512), stem_channels=64):
     def make(num_classes: int = 10, width: float = 1.0, dtype: Any = "float32", normalize: Any = None,
-             bn_axis_name: str | None = None) -> ResNet:
+             bn_axis_name: str | None = None, stem_stride: int = 1) -> ResNet:
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 (CIFAR-style stem) or 2 (halves the input, e.g. 28×28 → 14×14 "
+                             f"feature maps), got {stem_stride!r}.")
         return ResNet(block=block, num_blocks=tuple(num_blocks), stage_planes=tuple(stage_planes),
-                      stem_channels=stem_channels,
+                      stem_channels=stem_channels, stem_stride=stem_stride,
                       **model_kwargs(num_classes, width, dtype, normalize, bn_axis_name))
     return make
 

@@ -54,12 +54,14 @@ class Setup:
 
 
 def model_config_of(config, num_classes: int) -> dict:
-    """The keyword arguments of `models.get_model` for `config.model` (primitives only)."""
+    """The keyword arguments of `models.get_model` for `config.model` (primitives only); fields
+    beyond name/width/dtype/normalize are the architecture's own options (e.g. `stem_stride`)."""
     normalize = config.model.normalize or None
     if isinstance(normalize, (list, tuple)):
         normalize = tuple(tuple(v) for v in normalize)
+    options = {k: v for k, v in config.model.items() if k not in ("name", "width", "dtype", "normalize")}
     return {"name": config.model.name, "num_classes": num_classes, "width": float(config.model.width),
-            "dtype": config.model.dtype, "normalize": normalize}
+            "dtype": config.model.dtype, "normalize": normalize, **options}
 
 
 def training_devices(num_devices: int) -> list:
