@@ -413,6 +413,23 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
         grid_presets.sweep_overrides("sa_mdrad@tau=3")
 
 
+def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_models():
+    g = grid.load_grid("experiments/grids/fashion_mnist.py")
+    assert g["evaluation"]["n_points"] == 10000 and g["evaluation"]["attack_points"] == {"autoattack": 1000}
+    teachers = g["teachers"]["fashion_mnist"]
+    assert {n: t["config"].model.to_dict().get("stem_stride", 1) for n, t in teachers.items()} == \
+        {"resnet": 2, "vgg": 1, "robust": 2}
+    distils_from = {}
+    for run in grid.expand(g):
+        c = grid.run_config(g, run)
+        config_lib.validate(c)
+        assert c.model.stem_stride == 2 and c.dataset.train_size == 20000 and c.dataset.validation_size == 1000
+        assert abs(c.method.eps - 0.1) < 1e-9 if "method" in c else run.method == "natural"
+        distils_from[run.method] = sorted(c.get("teachers", {}).keys())
+    assert distils_from == {"natural": [], "pgd_at": [], "trades": [], "rslad": ["robust"], "adaad": ["robust"],
+                            "sa_mdrad": ["resnet", "vgg"]}
+
+
 def test_still_rising_picks_the_methods_whose_last_epochs_gained(tmp_path):
     from sa_mdrad_jax import grid_presets
     (tmp_path / "metrics").mkdir()
