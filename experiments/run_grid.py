@@ -37,7 +37,7 @@ def main(argv):
     import jax
     logging.set_verbosity(logging.WARNING)   # Orbax logs every checkpoint operation at INFO
 
-    from sa_mdrad_jax import grid as grid_lib, grid_report, paths
+    from sa_mdrad_jax import grid as grid_lib, paths
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -53,9 +53,7 @@ def main(argv):
     if FLAGS.seeds:
         grid["seeds"] = tuple(int(s) for s in FLAGS.seeds)
     if FLAGS.report_only:
-        grid_lib.collect(grid_lib.expand(grid), grid["results"], grid_lib.evaluation_dir(grid))   # whatever runs have evaluations
-        print(grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
-                                       evaluation=grid["evaluation"]))
+        print(grid_lib.write_report(grid))   # whatever runs have evaluations
         return
     t0 = time.time()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731

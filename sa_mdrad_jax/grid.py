@@ -23,6 +23,8 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
+  compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}]: tables.md
+                               also compares these runs with the same runs of that results directory
 
 `run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
@@ -309,6 +311,15 @@ def release(workdir: str) -> None:
     workdir_lock.release(workdir)
 
 
+def write_report(grid: dict, runs: list[Run] | None = None) -> str:
+    """Copies the evaluations and metrics of `runs` (default: every run of the grid that has them)
+    into the results directory and writes its tables and plots; returns the tables' Markdown."""
+    from sa_mdrad_jax import grid_report
+    collect(expand(grid) if runs is None else runs, grid["results"], evaluation_dir(grid))
+    return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
+                                    evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()))
+
+
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,
              report: bool = True) -> list[Run]:
     """Teachers, then every student run (train, evaluate), then results (copies, tables, plots).
@@ -330,9 +341,6 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
             release(run.workdir)
         log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
     if report:
-        from sa_mdrad_jax import grid_report
-        collect(runs, grid["results"], evaluation_dir(grid))
-        grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
-                                 evaluation=grid["evaluation"])
+        write_report(grid, runs)
     log(f"grid {grid['name']}: {len(runs)} runs in {time.perf_counter() - t0:.0f} s")
     return runs

@@ -296,7 +296,7 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
     (experiments/grids/digits_converged.py explains every choice). Students train `epochs`, the
     teachers `teacher_epochs` (their validation curves plateau by 40; experiments/results/digits_converged_40)."""
     validation_size = 287                         # 20 % of the 1,437 training digits, stratified
-    return converged_grid(
+    grid = converged_grid(
         data=dict(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size),
         eps=32 / 255, student="resnet_tiny",
         natural={"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
@@ -308,6 +308,10 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
         name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
+    grid["compare_with"] = [{"results": "experiments/results/digits_converged_rolled", "labels": ("rolled", "unrolled"),
+                             "title": "How far float-level differences move a number: seed-0 runs trained with "
+                                      "the PGD loop rolled, then unrolled"}]
+    return grid
 
 
 def still_rising(metrics_dir: str, prefix: str, seed: int = 0, window: int = 10,
@@ -347,6 +351,7 @@ def digits_epochs_check_grid(epochs: int = 60, methods=None) -> dict:
     grid.update(name=f"digits epochs check: {epochs} epochs, seed 0, validation split",
                 root=f"workdir/grids/digits_converged_{epochs}",
                 results=f"experiments/results/digits_converged_{epochs}", methods=tuple(methods), seeds=(0,))
+    grid.pop("compare_with")
     grid["evaluation"] = {**grid["evaluation"], "attacks": ("clean", "pgd20"), "n_points": 287,
                           "split": "validation", "batch_size": 287}
     return grid
@@ -409,7 +414,7 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         **converged,
         "name": f"SA-MDRAD options one at a time, digits, {epochs} epochs, validation split",
         "root": converged["root"], "results": "experiments/results/sa_mdrad_sweep",
-        "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {},
+        "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {}, "compare_with": (),
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
                        "batch_size": 287, "seed": 0, "curve_eps": (), "checkpoint": "best", "split": "validation"},

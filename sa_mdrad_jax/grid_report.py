@@ -292,9 +292,34 @@ def plot_diagnostics(runs: list[list[dict]], path: str, title: str) -> bool:
     return True
 
 
+def comparison_table(reference_dir: str, results_dir: str, labels: tuple[str, str],
+                     methods: list[str] | None = None) -> str:
+    """Per run present in both results directories (same dataset, student, method, seed): the
+    selected step and each accuracy as `reference / this (difference)`, in percent. For the same
+    grid run twice with one thing changed (e.g. the PGD loop rolled vs unrolled: float rounding)."""
+    key = lambda r: (r["run"]["dataset"], r["run"]["student"], r["run"]["method"], r["run"]["seed"])
+    reference = {key(r): r for r in load_records(reference_dir)}
+    pairs = [(reference[key(r)], r) for r in load_records(results_dir) if key(r) in reference]
+    if not pairs:
+        return f"(no run of {reference_dir} has been evaluated here yet)"
+    order = _order(sorted({k[2] for k in map(key, (b for _, b in pairs))}), methods)
+    pairs.sort(key=lambda p: (order.index(p[1]["run"]["method"]), p[1]["run"]["seed"]))
+    names = [n for n in pairs[0][1]["accuracy"] if all(n in a["accuracy"] and n in b["accuracy"] for a, b in pairs)]
+    lines = [f"| method (seed) | selected step, {labels[0]} / {labels[1]} | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for a, b in pairs:
+        cells = [f"{100 * a['accuracy'][n]:.2f} / {100 * b['accuracy'][n]:.2f} "
+                 f"({100 * (b['accuracy'][n] - a['accuracy'][n]):+.2f})" for n in names]
+        lines.append(f"| {b['run']['method']} ({b['run']['seed']}) | {a.get('step')} / {b.get('step')} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(results_dir: str, *, title: str = "", methods: list[str] | None = None,
-                 evaluation: dict | None = None) -> str:
-    """Writes tables.md, summary.json and the plots; returns the tables' Markdown."""
+                 evaluation: dict | None = None, compare_with: list[dict] | tuple = ()) -> str:
+    """Writes tables.md, summary.json and the plots; returns the tables' Markdown. Each entry of
+    `compare_with` ({'results': dir, 'title': str, 'labels': (reference, this)}) adds a
+    `comparison_table` of that directory's runs against these."""
     records = load_records(results_dir)
     groups = aggregate(records)
     parts, summary = [], []
@@ -324,6 +349,10 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         if "sa_mdrad" in metrics:
             plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
                              f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")
+    for other in compare_with:
+        parts.append(f"### {other['title']}\n\nAccuracy (%) {other['labels'][0]} / {other['labels'][1]} "
+                     f"(difference), from `{other['results']}` and this grid:\n\n"
+                     + comparison_table(other["results"], results_dir, tuple(other["labels"]), methods))
     text = (f"# {title}\n\n" if title else "") + "\n\n".join(parts) + "\n"
     paths.write_text(paths.join(results_dir, "tables.md"), text)
     paths.write_text(paths.join(results_dir, "summary.json"),

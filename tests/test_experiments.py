@@ -341,6 +341,21 @@ def _seed_record(method, seed, **acc):
     return {"run": {"dataset": "digits", "student": "s", "method": method, "seed": seed}, "accuracy": acc}
 
 
+def test_comparison_table_pairs_the_same_runs_of_two_results_directories(tmp_path):
+    for d, records in {"a": [_seed_record("pgd_at", 0, clean=0.9, pgd20=0.5), _seed_record("rslad", 0, clean=0.8, pgd20=0.6),
+                             _seed_record("trades", 0, clean=0.7, pgd20=0.7)],
+                       "b": [_seed_record("rslad", 0, clean=0.8, pgd20=0.55), _seed_record("pgd_at", 0, clean=0.95, pgd20=0.5),
+                             _seed_record("pgd_at", 1, clean=0.9, pgd20=0.5)]}.items():
+        os.makedirs(tmp_path / d / "evaluations")
+        for i, r in enumerate(records):
+            (tmp_path / d / "evaluations" / f"{i}.json").write_text(json.dumps({**r, "step": 10 + i}))
+    table = grid_report.comparison_table(str(tmp_path / "a"), str(tmp_path / "b"), ("x", "y"), ["pgd_at", "rslad"])
+    rows = table.splitlines()
+    assert rows[0] == "| method (seed) | selected step, x / y | clean | pgd20 |"
+    assert rows[2:] == ["| pgd_at (0) | 10 / 11 | 90.00 / 95.00 (+5.00) | 50.00 / 50.00 (+0.00) |",
+                        "| rslad (0) | 11 / 10 | 80.00 / 80.00 (+0.00) | 60.00 / 55.00 (-5.00) |"]
+
+
 def test_paired_differences_and_claim_verdicts():
     from sa_mdrad_jax import grid_report
     # rslad beats pgd_at by 5 points on every seed (noise ±1); ard loses by 5; adaad ties up to noise.
