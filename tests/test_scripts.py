@@ -21,6 +21,7 @@ FLAG_IN_HELP = {
     "bench_step.py": "--models",
     "bench_suite.py": "--methods",
     "bench_autoattack.py": "--n_points",
+    "bench_conv_kernels.py": "--width_div",
     "bench_official_torch.py": "--official",
     "parity_official_methods.py": "--official",
     "run_grid.py": "--grid",
