@@ -140,7 +140,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = robustness.evaluate_model(model, variables, x, y, attack_names=tuple(r.attacks), eps=float(config.eps),
                                        batch_size=r.batch_size, seed=r.seed, curve_eps=())
     return {"model": f"{model_cfg['name']} (width {model_cfg['width']:g})", "method": meta["method"],
-            "step": meta["step"], **result}
+            "step": meta["step"], "train_seed": int(config.seed), **result}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -187,12 +187,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """One Markdown table: a row per model, a column per attack (robust accuracy, %)."""
     names = list(rows[0]["accuracy"])
-    lines = ["| model | method | " + " | ".join(names) + " | n points | eps | seed |",
-             "|---|---|" + "---|" * len(names) + "---|---|---|"]
+    lines = ["| model | method | " + " | ".join(names) + " | n points | eps | train seed | attack seed |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|---|"]
     for r in rows:
         label = f"{r['role']} {r['model']}"
         lines.append(f"| {label} | {r['method']} | " + " | ".join(f"{100 * r['accuracy'][n]:.1f}" for n in names)
-                     + f" | {r['n_points']} | {r['eps'] * 255:.0f}/255 | {r['seed']} |")
+                     + f" | {r['n_points']} | {r['eps'] * 255:.0f}/255 | {r['train_seed']} | {r['seed']} |")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ def test_quickstart_trains_teachers_and_students_and_writes_one_robustness_table
         acc = row["accuracy"]
         assert list(acc) == ATTACKS
         assert row["n_points"] == 8 and row["eps"] == pytest.approx(config.eps) and row["seed"] == 0
+        assert row["train_seed"] == config.seed
         assert all(acc[name] <= acc["clean"] for name in ATTACKS)
         assert acc["autoattack"] <= acc["pgd20"]
         # AutoAttack ran its four standard stages and counted clean accuracy as the table does.
@@ -49,7 +50,8 @@ def test_quickstart_trains_teachers_and_students_and_writes_one_robustness_table
     assert table in (tmp_path / "results.md").read_text()
     assert table in capsys.readouterr().out
     lines = table.splitlines()
-    assert lines[0] == "| model | method | clean | fgsm | pgd20 | autoattack | n points | eps | seed |"
+    assert lines[0] == ("| model | method | clean | fgsm | pgd20 | autoattack | n points | eps | train seed | "
+                        "attack seed |")
     assert len(lines) == 2 + 4
 
 
