@@ -436,7 +436,8 @@ def fashion_mnist_grid(*, train_size: int = 20000, epochs: int = 10, teacher_epo
     student_options = {"stem_stride": 2}
     natural = {"resnet": dict(name="resnet_tiny", width=2.0, stem_stride=2, normalize="fashion_mnist"),
                "vgg": dict(name="vgg_tiny", width=4.0, normalize="fashion_mnist")}
-    methods = (NATURAL, "pgd_at", "trades", "rslad", "adaad", "sa_mdrad")
+    from sa_mdrad_jax.methods import method_names
+    methods = (NATURAL,) + method_names(fashion_grid=True)   # registered with fashion_grid=True
     return converged_grid(
         data=dict(name="fashion_mnist", crop_pad=2, flip=True, validation_size=FASHION_VALIDATION,
                   train_size=train_size),

@@ -44,6 +44,7 @@ def _igdm_recipe(config, dataset: str) -> None:
 # AdaAD: attack on KL(σT(x') ‖ σS(x')) through both networks; kl_scale 0.1 = 'mean' on 10 classes.
 # Paper schedule (official code): 200 epochs, ×0.1 after 100 and 150, wd 5e-4. The paper grids also run AdaAD+IGDM.
 @register("adaad", defaults=dict(attack_init="normal", tau=1.0, kl_scale=0.1, alpha=1.0), grid_terms=("igdm",),
+          fashion_grid=True,
           recipe=Recipe(schedule=(200, (100, 150), 5e-4), robust_teachers=_robust_teacher, cifar=_cifar_recipe,
                         terms={"igdm": _igdm_recipe}))
 def make(config, teacher_names=None) -> Method:

@@ -218,6 +218,7 @@ class MethodSpec:
     paper_grid: bool = True
     quickstart: bool = False
     benchmark: bool = True
+    fashion_grid: bool = False
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
@@ -229,7 +230,8 @@ COMMON_OPTIONS = ("name", "eps", "step_size", "steps")   # every method block: i
 
 def register(name: str, *, defaults: Mapping[str, Any] | None = None, teachers: str = "robust",
              recipe: Recipe | None = None, schedule_of: str | None = None, grid_terms: tuple[str, ...] = (),
-             paper_grid: bool = True, quickstart: bool = False, benchmark: bool = True, replace: bool = False):
+             paper_grid: bool = True, quickstart: bool = False, benchmark: bool = True, fashion_grid: bool = False,
+             replace: bool = False):
     """Registers a factory `make(method_config, teacher_names=None) -> Method` under `name`.
 
     defaults: the method's options (its config block without `name`, the attack's eps / step_size /
@@ -241,8 +243,9 @@ def register(name: str, *, defaults: Mapping[str, Any] | None = None, teachers: 
     recipe: its paper's setting (`Recipe`; None: no `configs/<name>.py` paper recipe).
     schedule_of: the registered method whose paper schedule it trains with when it has no recipe.
     grid_terms: composable terms the paper grids also run on this method ('adaad+igdm').
-    paper_grid / quickstart / benchmark: whether the paper grids, the quickstart's default students
-        and the benchmark suite's default set include it.
+    paper_grid / quickstart / benchmark / fashion_grid: whether the paper grids, the quickstart's
+        default students, the benchmark suite's default set and the CPU-sized Fashion-MNIST grid
+        (experiments/grids/fashion_mnist.py) include it.
     replace: allow re-registering `name` (tests, notebooks).
     """
     if teachers not in TEACHER_KINDS:
@@ -253,7 +256,7 @@ def register(name: str, *, defaults: Mapping[str, Any] | None = None, teachers: 
             raise ValueError(f"Method {name!r} is already registered.")
         METHODS[name] = factory
         SPECS[name] = MethodSpec(name, factory, None if defaults is None else dict(defaults), teachers, recipe,
-                                 schedule_of, tuple(grid_terms), paper_grid, quickstart, benchmark)
+                                 schedule_of, tuple(grid_terms), paper_grid, quickstart, benchmark, fashion_grid)
         return factory
     return deco
 

@@ -18,7 +18,7 @@ def _outer(out: Outputs):
 
 
 # Madry et al.: CE on x', uniform start. Paper schedule: Rice et al. 2020's 200 epochs, ×0.1 at 100 and 150, wd 5e-4.
-@register("pgd_at", defaults=dict(attack_init="uniform"), teachers="none", quickstart=True,
+@register("pgd_at", defaults=dict(attack_init="uniform"), teachers="none", quickstart=True, fashion_grid=True,
           recipe=Recipe(schedule=(200, (100, 150), 5e-4)))
 def make(config, teacher_names=None) -> Method:
     del teacher_names

@@ -36,7 +36,8 @@ def _igdm_recipe(config, dataset: str) -> None:
 
 # RSLAD: robust soft labels T(x) on both branches, attack on KL(σT(x) ‖ σS(x')).
 @register("rslad", defaults=dict(attack_init="normal", tau=1.0, kl_scale=0.1, lambda_adv=5 / 6, lambda_nat=1 / 6),
-          recipe=Recipe(schedule=SCHEDULE, robust_teachers=robust_teacher, terms={"igdm": _igdm_recipe}))
+          recipe=Recipe(schedule=SCHEDULE, robust_teachers=robust_teacher, terms={"igdm": _igdm_recipe}),
+          fashion_grid=True)
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     kl_scale, tau, lam_adv, lam_nat = config.kl_scale, config.tau, config.lambda_adv, config.lambda_nat

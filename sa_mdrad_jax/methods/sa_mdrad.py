@@ -273,7 +273,8 @@ def _register():
     from sa_mdrad_jax.methods.base import Method, Outputs, check_choice, register
     from sa_mdrad_jax.methods.mtard import balance_method_hooks
 
-    @register("sa_mdrad", defaults=DEFAULTS, teachers="natural", schedule_of="rslad", quickstart=True)
+    @register("sa_mdrad", defaults=DEFAULTS, teachers="natural", schedule_of="rslad", quickstart=True,
+              fashion_grid=True)
     def make(config, teacher_names=None) -> Method:
         """SA-MDRAD from `config` (the `method` block; every option of methods.md §2)."""
         del teacher_names

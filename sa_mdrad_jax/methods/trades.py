@@ -46,7 +46,7 @@ def _at_eps(config, eps: float) -> None:
 # bn_forwards: 2 = S(x) shared by CE and KL; 3 = the reference's S(x), S(x'), S(x) BN-update order.
 # Paper schedule (train_trades_cifar10.py): 76 epochs, lr ×0.1 from (1-based) epochs 75, 90, 100; wd 2e-4.
 @register("trades", defaults=dict(attack_init="normal", beta=6.0, bn_forwards=2), teachers="none",
-          recipe=Recipe(schedule=(76, (74, 89, 99), 2e-4), cifar=_cifar_recipe, at_eps=_at_eps))
+          recipe=Recipe(schedule=(76, (74, 89, 99), 2e-4), cifar=_cifar_recipe, at_eps=_at_eps), fashion_grid=True)
 def make(config, teacher_names=None) -> Method:
     del teacher_names
     beta = config.beta
