@@ -89,21 +89,42 @@ def paired(records: list[dict], a: str, b: str, attack: str) -> dict | None:
         return None
     d = np.array([acc[a][s] - acc[b][s] for s in seeds])
     if len(d) == 1:
-        return {"diff": float(d[0]), "se": None, "n": 1, "ci95": None}
+        return _one_seed(records, a, b, attack, seeds[0], float(d[0]))
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
     half = float(stats.t.ppf(0.975, len(d) - 1)) * se
     return {"diff": float(d.mean()), "se": se, "n": len(d), "ci95": (float(d.mean()) - half, float(d.mean()) + half)}
 
 
+def points_evaluated(record: dict, attack: str) -> int:
+    """How many test points `attack` was evaluated on in this record (`attack_points` or all)."""
+    return int(record.get("attack_points", {}).get(attack, record["n_points"]))
+
+
+def _one_seed(records: list[dict], a: str, b: str, attack: str, seed: int, diff: float) -> dict:
+    """One common seed: the only error left to state is the test-sampling one. Binomial standard
+    errors of the two accuracies combined as if independent, sqrt(p_a(1−p_a)/n_a + p_b(1−p_b)/n_b):
+    conservative for two models scored on the same points (their errors correlate), and blind to the
+    seed-to-seed spread of training — `kind` 'points' marks it."""
+    rec = {m: next(r for r in records if r["run"]["method"] == m and r["run"]["seed"] == seed
+                   and attack in r["accuracy"]) for m in (a, b)}
+    var = sum(r["accuracy"][attack] * (1 - r["accuracy"][attack]) / points_evaluated(r, attack) for r in rec.values())
+    se = float(np.sqrt(var))
+    if se == 0:
+        return {"diff": diff, "se": None, "n": 1, "ci95": None, "kind": "points"}
+    return {"diff": diff, "se": se, "n": 1, "ci95": (diff - 1.96 * se, diff + 1.96 * se), "kind": "points"}
+
+
 def verdict(p: dict | None) -> str:
     """'holds' when the 95 % interval of a − b lies above 0 (a ≥ b claims accept a tie-free win only),
-    'does not hold' when it lies below 0, else 'inconclusive' (one seed is always inconclusive)."""
+    'does not hold' when it lies below 0, else 'inconclusive'. With one seed the interval holds the
+    test-sampling error only, and the verdict says it is about that one training run."""
     if p is None:
         return "not run"
     if p["ci95"] is None:
         return "inconclusive (1 seed)"
     lo, hi = p["ci95"]
-    return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
+    v = "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
+    return v + " for this run (1 seed; test-sampling error only)" if p.get("kind") == "points" else v
 
 
 def _paper_labels() -> tuple[str, ...]:
@@ -138,7 +159,8 @@ def _pct_pm(p: dict) -> str:
 
 def claims_table(records: list[dict]) -> str:
     """The papers' claims, one row per comparison: measured a − b (mean ± standard error over paired
-    seeds, percentage points), the 95 % interval and the verdict."""
+    seeds, percentage points; one seed: ± the test-sampling error, `paired`), the 95 % interval and
+    the verdict."""
     lines = ["| claim | source | comparison | a − b (pp, mean ± s.e.) | 95 % CI | seeds | verdict |",
              "|---|---|---|---|---|---|---|"]
     for claim, source, comparisons in CLAIMS:
@@ -338,7 +360,10 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
             parts.append("Paired difference to PGD-AT over the same seeds (percentage points, mean ± standard "
                          "error):\n\n" + paired_table(subset, "pgd_at", methods))
             parts.append("The papers' claims (a − b > 0 is the claim; 'holds' when the paired 95 % interval "
-                         "is above 0, 'does not hold' when below, else inconclusive):\n\n" + claims_table(subset))
+                         "is above 0, 'does not hold' when below, else inconclusive; with one seed the interval "
+                         "is the test-sampling error of that run only — binomial, conservative for two models "
+                         "scored on the same points — and says nothing of seed-to-seed spread):\n\n"
+                         + claims_table(subset))
         summary.append({"dataset": dataset, "student": student,
                         "methods": {m: {a: {"mean": c[0], "std": c[1], "n": c[2]} for a, c in cells.items()}
                                     for m, cells in group.items()}})

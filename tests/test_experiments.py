@@ -371,8 +371,17 @@ def test_paired_differences_and_claim_verdicts():
     assert grid_report.verdict(grid_report.paired(recs, "ard", "pgd_at", "autoattack")) == "does not hold"
     assert grid_report.verdict(grid_report.paired(recs, "adaad", "pgd_at", "autoattack")) == "inconclusive"
     assert grid_report.verdict(grid_report.paired(recs, "sa_mdrad", "pgd_at", "autoattack")) == "not run"
-    one = grid_report.paired(recs[:4], "rslad", "pgd_at", "autoattack")
-    assert one["n"] == 1 and grid_report.verdict(one) == "inconclusive (1 seed)"
+    # One seed (the Fashion-MNIST grid): the interval is the test-sampling error of the two
+    # accuracies, on the points the attack saw (AutoAttack on 1,000 of 10,000).
+    one_recs = [{**r, "n_points": 10000, "attack_points": {"autoattack": 1000}} for r in recs[:4]]
+    one = grid_report.paired(one_recs, "rslad", "pgd_at", "autoattack")
+    assert one["n"] == 1 and one["diff"] == pytest.approx(0.06)
+    assert one["se"] == pytest.approx(np.sqrt(0.46 * 0.54 / 1000 + 0.40 * 0.60 / 1000))
+    assert grid_report.verdict(one) == "holds for this run (1 seed; test-sampling error only)"
+    tie = grid_report.paired(one_recs, "adaad", "pgd_at", "autoattack")
+    assert grid_report.verdict(tie) == "inconclusive for this run (1 seed; test-sampling error only)"
+    perfect = [_seed_record(m, 0, autoattack=1.0) | {"n_points": 10} for m in ("rslad", "pgd_at")]
+    assert grid_report.verdict(grid_report.paired(perfect, "rslad", "pgd_at", "autoattack")) == "inconclusive (1 seed)"
     table = grid_report.claims_table(recs)
     assert "| rslad − ard, AutoAttack | +10.00 ± " in table and "| holds |" in table
     assert "rslad − pgd_at, AutoAttack | +5.00 ± 0.35" in table
