@@ -49,3 +49,10 @@ def digits_adversarial():
     """The shared PGD-AT digits MLP (util.digits_mlp, ε = util.ADV_EPS), trained once per session."""
     from util import digits_mlp
     return digits_mlp(adversarial=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `slow` end-to-end tests first (stable otherwise): with `-n 2` a two-minute test that
+    starts last leaves one worker idle while it runs; started first, the short tests fill around it."""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
