@@ -158,12 +158,15 @@ def validate_numbers(config: ml_collections.ConfigDict) -> None:
             check_number(m.steps, "method.steps", integer=True, accepted="a positive integer")
 
 
+MODEL_FIELDS = ("name", "width", "dtype", "normalize")   # every model block; other fields: the architecture's options
+
+
 def _check_model_options(model_config) -> None:
-    """Fields of a model block beyond name/width/dtype/normalize must be options of that architecture."""
+    """Fields of a model block beyond MODEL_FIELDS must be options of that architecture."""
     import inspect
 
     from sa_mdrad_jax import models
-    standard = ("name", "width", "dtype", "normalize", "num_classes", "bn_axis_name")
+    standard = MODEL_FIELDS + ("num_classes", "bn_axis_name")
     accepted = [p for p in inspect.signature(models.MODELS[model_config.name]).parameters if p not in standard]
     unknown = [k for k in model_config.keys() if k not in standard and k not in accepted]
     if unknown:

@@ -51,7 +51,8 @@ N_BUCKETS = 4
 
 
 def _apgd(name: str) -> Attack:
-    """APGD lives in its own module; import it only when a composition asks for it."""
+    """APGD lives in its own module; import it only when a composition asks for it. A '_host'
+    variant (attacks/host_loop.py) is marked host-driven, as the function it calls."""
 
     def attack(logits_fn, x, y, key, *, eps):
         from sa_mdrad_jax.attacks import apgd
@@ -59,24 +60,12 @@ def _apgd(name: str) -> Attack:
         return getattr(apgd, name)(logits_fn, x, y, key, eps=eps)
 
     attack.__name__ = name
+    attack.host_driven = name.endswith("_host")
     return attack
 
 
-_apgd_ce, _apgd_t = _apgd("apgd_ce"), _apgd("apgd_t")  # module-level: stable identity → jit cache
-
-
-def _apgd_host(name: str) -> Attack:
-    def attack(logits_fn, x, y, key, *, eps):
-        from sa_mdrad_jax.attacks import apgd
-
-        return getattr(apgd, name + "_host")(logits_fn, x, y, key, eps=eps)
-
-    attack.__name__ = name + "_host"
-    attack.host_driven = True
-    return attack
-
-
-_apgd_ce_host, _apgd_t_host = _apgd_host("apgd_ce"), _apgd_host("apgd_t")
+# module-level: stable identity → jit cache
+_apgd_ce, _apgd_t, _apgd_ce_host, _apgd_t_host = map(_apgd, ("apgd_ce", "apgd_t", "apgd_ce_host", "apgd_t_host"))
 
 
 def default_registry(loop: str | None = None) -> dict[str, Attack]:

@@ -133,10 +133,8 @@ def fab_iterate(carry: tuple[jax.Array, jax.Array, jax.Array], logits_fn: Logits
     return x1, best, best_norm
 
 
-def fab_prepare(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, n_target_classes: int
-                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(x as float32 without gradient, y as int32, classes by descending clean logit, clean-correct
-    mask). `n_target_classes` is unused here; it keeps the jitted signature that of the attack."""
+def fab_prepare(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(x as float32 without gradient, y as int32, classes by descending clean logit, clean-correct mask)."""
     x = jax.lax.stop_gradient(x.astype(jnp.float32))
     y = y.astype(jnp.int32)
     clean_logits = logits_fn(x)
@@ -177,7 +175,7 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, ep
     is that example, else x_adv = x. Targets: the 2nd..(n_target_classes+1)-th largest clean
     logits (capped at C − 1). `key` only feeds the random starts of restarts ≥ 1.
     """
-    x, y, ranked, correct = fab_prepare(logits_fn, x, y, n_target_classes)
+    x, y, ranked, correct = fab_prepare(logits_fn, x, y)
     hyper = dict(alpha_max=alpha_max, eta=eta, beta=beta)
 
     def one_run(k, carry):
@@ -198,7 +196,7 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, ep
     return jax.lax.stop_gradient(x_adv)
 
 
-_prepare_jit = jax.jit(fab_prepare, static_argnames=("n_target_classes",))
+_prepare_jit = jax.jit(fab_prepare)
 _run_start_jit = jax.jit(fab_run_start, static_argnames=("n_restarts",))
 _iterate_jit = jax.jit(fab_iterate, static_argnames=("alpha_max", "eta", "beta"))
 _run_merge_jit = jax.jit(fab_run_merge)
@@ -211,7 +209,7 @@ def fab_t_host(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, 
     """`fab_t` driven from the host (attacks/host_loop.py), one jitted iteration per call; a target
     run is skipped when no point is left to attack, as in `fab_t`. The same result."""
     logits_fn = as_partial(logits_fn)
-    x, y, ranked, correct = _prepare_jit(logits_fn, x, y, n_target_classes=n_target_classes)
+    x, y, ranked, correct = _prepare_jit(logits_fn, x, y)
     eps = jnp.float32(eps)
     broken, x_adv = jnp.zeros(x.shape[0], bool), x
     for k in range(_n_targets(n_target_classes, ranked) * n_restarts):

@@ -105,24 +105,23 @@ def evaluate_model(model, variables, x: np.ndarray, y: np.ndarray, *, attack_nam
     result = {"accuracy": {}, "seconds": {}, "eps": eps, "n_points": int(len(x)), "seed": seed}
     if attack_points:
         result["attack_points"] = {name: min(int(n), len(x)) for name, n in attack_points.items()}
-    x_all, y_all = x, y
     with jax.default_matmul_precision("highest"):
         for k, name in enumerate(attack_names):
             t0 = time.perf_counter()
-            x, y = x_all[:attack_points.get(name, len(x_all))], y_all[:attack_points.get(name, len(y_all))]
+            n = attack_points.get(name, len(x))
+            xa, ya = x[:n], y[:n]
             if name == "clean":
-                acc = robust_accuracy(logits_fn, None, x, y, key, eps=0.0, batch_size=batch_size)
+                acc = robust_accuracy(logits_fn, None, xa, ya, key, eps=0.0, batch_size=batch_size)
             elif name == "autoattack":
-                _, report = attacks.autoattack(logits_fn, jnp.asarray(x), jnp.asarray(y),
+                _, report = attacks.autoattack(logits_fn, jnp.asarray(xa), jnp.asarray(ya),
                                                jax.random.fold_in(key, k), eps=eps, batch_size=batch_size)
                 result["autoattack"] = report
                 acc = float(report["robust_accuracy"])
             else:
-                acc = robust_accuracy(logits_fn, resolve_attack(name), x, y, jax.random.fold_in(key, k), eps=eps,
+                acc = robust_accuracy(logits_fn, resolve_attack(name), xa, ya, jax.random.fold_in(key, k), eps=eps,
                                       batch_size=batch_size)
             result["accuracy"][name] = acc
             result["seconds"][name] = time.perf_counter() - t0
-        x, y = x_all, y_all
         if curve_eps:
             result["curve"] = {f"{e:.6f}": robust_accuracy(logits_fn, attacks.pgd20, x, y, jax.random.fold_in(key, 99),
                                                            eps=e, batch_size=batch_size) if e > 0 else

@@ -59,7 +59,7 @@ def model_config_of(config, num_classes: int) -> dict:
     normalize = config.model.normalize or None
     if isinstance(normalize, (list, tuple)):
         normalize = tuple(tuple(v) for v in normalize)
-    options = {k: v for k, v in config.model.items() if k not in ("name", "width", "dtype", "normalize")}
+    options = {k: v for k, v in config.model.items() if k not in config_lib.MODEL_FIELDS}
     return {"name": config.model.name, "num_classes": num_classes, "width": float(config.model.width),
             "dtype": config.model.dtype, "normalize": normalize, **options}
 
