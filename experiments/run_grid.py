@@ -7,7 +7,8 @@
   python experiments/run_grid.py --grid=experiments/grids/digits.py --report_only   # re-make tables/plots
 
 Re-running the same command skips finished runs and evaluations and resumes unfinished runs from
-their checkpoints. Run it from the repository root (grid files name configs/ by relative path).
+their checkpoints. On a machine without the workdirs, --reuse_results keeps the runs whose results
+are committed and trains the rest. Run it from the repository root (grid files name configs/ by relative path).
 See sa_mdrad_jax/grid.py for the grid file's fields.
 """
 from __future__ import annotations
@@ -26,6 +27,10 @@ flags.DEFINE_string("results", "", "Override the grid's results directory.")
 flags.DEFINE_list("methods", [], "Only these method labels (default: the grid's).")
 flags.DEFINE_list("seeds", [], "Only these seeds (default: the grid's).")
 flags.DEFINE_string("only", "", "Only runs whose name (dataset/student/method/seedN) contains this.")
+flags.DEFINE_bool("reuse_results", False,
+                  "Keep runs whose evaluation is already in the results directory (committed by an earlier session "
+                  "whose workdirs are gone) instead of training them again: for resuming a grid on a new machine. "
+                  "Off, a fresh clone re-trains every run and so reproduces the committed tables.")
 flags.DEFINE_bool("report_only", False, "Only re-make tables and plots from the results directory.")
 flags.DEFINE_string("compilation_cache", "workdir/jax_cache",
                     "Persistent XLA compilation cache ('' = off): seeds of a method share their programs.")
@@ -57,7 +62,7 @@ def main(argv):
         return
     t0 = time.time()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
-    grid_lib.run_grid(grid, only=FLAGS.only, log=log)   # attacks compile once per architecture
+    grid_lib.run_grid(grid, only=FLAGS.only, log=log, reuse_results=FLAGS.reuse_results)   # attacks compile once per architecture
     print(paths.read_text(paths.join(grid["results"], "tables.md")))
     print(f"wall time {time.time() - t0:.0f} s")
 

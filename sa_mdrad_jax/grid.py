@@ -30,11 +30,14 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
 skipped when its evaluation.json matches the grid's evaluation settings and the run's final step),
 then copies the evaluation JSONs and metrics into `results` and writes the tables and plots
-(sa_mdrad_jax.grid_report).
+(sa_mdrad_jax.grid_report). With `reuse_results`, a run whose evaluation is already in `results`
+(committed by an earlier session whose workdirs are gone) is kept instead of trained again, when its
+evaluation settings match and its recorded config fingerprint (if any) is the run's config's.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import time
@@ -160,6 +163,11 @@ def run_config(grid: dict, run: Run) -> ml_collections.ConfigDict:
 def _config_json(config: ml_collections.ConfigDict) -> dict:
     """The config as plain JSON values (tuples become lists), for comparing with a stored one."""
     return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+def config_fingerprint(config_json: dict) -> str:
+    """A short hash of a run's config as JSON values (`_config_json`): what a result was trained with."""
+    return hashlib.sha256(json.dumps(config_json, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -289,12 +297,42 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
             # The run's coordinates travel with the record, so the report needs nothing else.
             record["run"] = {"dataset": run.dataset, "student": run.student, "method": run.method,
                              "seed": run.seed, "stem": run.file_stem}
+            done = paths.join(run.workdir, DONE_FILE)
+            if paths.exists(done):   # lets a later session reuse this result only for the same config
+                record["run"]["config_sha"] = config_fingerprint(json.loads(paths.read_text(done))["config"])
             record.pop("checkpoint", None)   # an absolute path on the machine that ran it
             paths.write_text(paths.join(results_dir, "evaluations", run.file_stem + ".json"),
                              json.dumps(record, indent=2, default=float))
         metrics = paths.join(run.workdir, "metrics.jsonl")
         if paths.exists(ev) and paths.exists(metrics):   # finished, evaluated runs only
             paths.copy(metrics, paths.join(results_dir, "metrics", run.file_stem + ".jsonl"))
+
+
+def committed_result(grid: dict, run: Run, config: ml_collections.ConfigDict) -> dict | None:
+    """The run's evaluation record in the grid's results directory if it can stand for the run:
+    made with the grid's evaluation settings and, where it records one, the run's config
+    fingerprint (records collected before fingerprints existed are taken on their settings alone)."""
+    path = paths.join(grid["results"], "evaluations", run.file_stem + ".json")
+    if not paths.exists(path):
+        return None
+    record = json.loads(paths.read_text(path))
+    if not evaluation_matches(record, grid["evaluation"], step=None):
+        return None
+    recorded = record.get("run", {}).get("config_sha")
+    if recorded is not None and recorded != config_fingerprint(_config_json(config)):
+        return None
+    return record
+
+
+def collect_teachers(grid: dict) -> None:
+    """Copies each trained teacher's metrics.jsonl into `<results>/teachers/<dataset>_<name>.jsonl`
+    (its curves stay with the results, and a teacher re-trained on another machine can be compared)."""
+    for dataset in grid["datasets"]:
+        for name in grid["teachers"].get(dataset, {}):
+            metrics = paths.join(teacher_workdir(grid, dataset, name), "metrics.jsonl")
+            if paths.exists(metrics):
+                paths.makedirs(paths.join(grid["results"], "teachers"))
+                paths.copy(metrics, paths.join(grid["results"], "teachers", f"{dataset}_{name}.jsonl"))
 
 
 LOCK_FILE = workdir_lock.LOCK_FILE
@@ -316,21 +354,32 @@ def write_report(grid: dict, runs: list[Run] | None = None) -> str:
     into the results directory and writes its tables and plots; returns the tables' Markdown."""
     from sa_mdrad_jax import grid_report
     collect(expand(grid) if runs is None else runs, grid["results"], evaluation_dir(grid))
+    collect_teachers(grid)
     return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                     evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()))
 
 
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,
-             report: bool = True) -> list[Run]:
+             report: bool = True, reuse_results: bool = False) -> list[Run]:
     """Teachers, then every student run (train, evaluate), then results (copies, tables, plots).
 
-    `only` keeps the runs whose name ('dataset/student/method/seedN') contains it.
+    `only` keeps the runs whose name ('dataset/student/method/seedN') contains it. `reuse_results`
+    keeps the runs whose evaluation is already in the results directory (`committed_result`); the
+    teachers are trained only if some run is left to train.
     """
     t0 = time.perf_counter()
-    for dataset, workdir, c in teacher_runs(grid):
-        train_run(workdir, c, train_fn, log)
     runs = [r for r in expand(grid) if only in r.name]
+    todo = []
     for run in runs:
+        config = run_config(grid, run)
+        if reuse_results and not is_finished(run.workdir, config) and committed_result(grid, run, config):
+            log(f"kept (its result is in {grid['results']}): {run.name}")
+        else:
+            todo.append(run)
+    if todo:
+        for dataset, workdir, c in teacher_runs(grid):
+            train_run(workdir, c, train_fn, log)
+    for run in todo:
         if not acquire(run.workdir):
             log(f"busy (another runner holds {run.workdir}): left to it")
             continue

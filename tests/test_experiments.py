@@ -68,6 +68,70 @@ def test_train_skips_finished_and_hands_unfinished_runs_to_the_loop(tmp_path):
     assert grid.train_run(run.workdir, grid.run_config(g, run), fake_train, log=lambda m: None)
 
 
+def test_reuse_results_keeps_committed_runs_of_the_same_settings_and_config(tmp_path):
+    """A grid resumed on a machine without its workdirs: committed results stand for their runs."""
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        return {"step": 20}
+
+    def fake_eval(workdir, *, out_dir, **kw):
+        rec = _record({a: 0.5 for a in kw["attack_names"]})
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+            json.dump(rec, f)
+        return rec
+
+    g = _tiny_grid(tmp_path)
+    g["methods"], g["evaluation"] = ("pgd_at",), {**EVAL, "n_points": 50}
+    quiet = lambda m: None  # noqa: E731
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet)
+    assert len(calls) == 3                                   # the teacher and two seeds
+    stems = [r.file_stem for r in grid.expand(g)]
+    recorded = {}
+    for stem in stems:
+        with open(os.path.join(g["results"], "evaluations", stem + ".json")) as f:
+            recorded[stem] = json.load(f)["run"]["config_sha"]
+    assert recorded[stems[0]] != recorded[stems[1]]          # the seed is part of the config
+    teacher_metrics = os.path.join(grid.teacher_workdir(g, "digits", "t"), "metrics.jsonl")
+    assert not os.path.exists(os.path.join(g["results"], "teachers"))   # the fake teacher wrote no metrics
+    with open(teacher_metrics, "w") as f:
+        f.write('{"step": 1}\n')
+    grid.write_report(g)
+    with open(os.path.join(g["results"], "teachers", "digits_t.jsonl")) as f:
+        assert f.read() == '{"step": 1}\n'                  # the teacher's curve goes with the results
+    import shutil
+    shutil.rmtree(g["root"])                                 # a new machine: the workdirs are gone
+    calls.clear()
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet, reuse_results=True)
+    assert calls == []                                       # both kept, so no teacher either
+    grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet)
+    assert len(calls) == 3                                   # without the flag: every run again
+    shutil.rmtree(g["root"])
+    calls.clear()
+    # Another config (more epochs) or other evaluation settings: the committed result does not stand.
+    g2 = {**g, "overrides": {**g["overrides"], "train.epochs": 3}}
+    grid.run_grid(g2, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet, reuse_results=True, only="seed1")
+    assert calls == [grid.teacher_workdir(g, "digits", "t"), grid.expand(g)[1].workdir]
+    calls.clear()
+    g3 = {**g, "evaluation": {**g["evaluation"], "n_points": 40}}
+    grid.run_grid(g3, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet, reuse_results=True, only="seed0",
+                  report=False)
+    assert calls == [grid.expand(g)[0].workdir]              # the teacher finished above; seed0 again
+    # A record collected before fingerprints existed is taken on its evaluation settings alone.
+    run = grid.expand(g)[1]
+    assert grid.committed_result(g, run, grid.run_config(g, run)) is None   # collected from g2's 3 epochs
+    path = os.path.join(g["results"], "evaluations", run.file_stem + ".json")
+    with open(path) as f:
+        record = json.load(f)
+    del record["run"]["config_sha"]
+    with open(path, "w") as f:
+        json.dump(record, f)
+    assert grid.committed_result(g, run, grid.run_config(g, run)) is not None
+
+
 def _record(accuracy: dict, step=20, **kw) -> dict:
     return {"accuracy": accuracy, "n_points": 50, "eps": 8 / 255, "seed": 0, "step": step,
             "curve": {f"{e:.6f}": 0.5 for e in EVAL["curve_eps"]}, **kw}
