@@ -30,9 +30,14 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
 skipped when its evaluation.json matches the grid's evaluation settings and the run's final step),
 then copies the evaluation JSONs and metrics into `results` and writes the tables and plots
-(sa_mdrad_jax.grid_report). With `reuse_results`, a run whose evaluation is already in `results`
-(committed by an earlier session whose workdirs are gone) is kept instead of trained again, when its
-evaluation settings match and its recorded config fingerprint (if any) is the run's config's.
+(sa_mdrad_jax.grid_report).
+
+Resuming on another machine. Each trained teacher's weights (the checkpoint its students load) are
+also written to `<results>/teachers/<dataset>_<name>.msgpack` with its config's fingerprint, and each
+collected evaluation records a fingerprint of the run's config and of its teachers' weights. With
+`reuse_results`, a machine without the workdirs restores the teachers from those snapshots (the
+same weights, not a re-training that float rounding on another CPU would change) and keeps every
+run whose committed evaluation matches the grid's evaluation settings and that fingerprint.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ import time
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from sa_mdrad_jax import config as config_lib, paths, workdir_lock
 
@@ -165,9 +171,48 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
 
 
-def config_fingerprint(config_json: dict) -> str:
-    """A short hash of a run's config as JSON values (`_config_json`): what a result was trained with."""
-    return hashlib.sha256(json.dumps(config_json, sort_keys=True).encode()).hexdigest()[:16]
+def config_fingerprint(config_json: dict, teachers: dict | None = None) -> str:
+    """A short hash of what a result was trained with: the run's config as JSON values
+    (`_config_json`) and, for a distillation run, its teachers' weight fingerprints {name: hash}."""
+    what = {"config": config_json, "teachers": teachers} if teachers else config_json
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tree_hash(tree) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tree):
+        value = tree[key]
+        h.update(key.encode())
+        if isinstance(value, dict):
+            h.update(_tree_hash(value).encode())
+        else:
+            a = np.asarray(value)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def teacher_fingerprint(workdir: str) -> str | None:
+    """A hash of the weights a student loads from the teacher in `workdir` (None: no checkpoint there)."""
+    from sa_mdrad_jax import checkpoints
+    if not checkpoints.has_checkpoint(workdir):
+        return None
+    _, variables, _ = checkpoints.load_variables(workdir, best=True)
+    return _tree_hash(variables)[:16]
+
+
+def teachers_fingerprints(config_json: dict, cache: dict | None = None) -> dict:
+    """{teacher name: weight fingerprint} of the teachers a run's config names (those with a checkpoint)."""
+    cache = {} if cache is None else cache
+    out = {}
+    for name, entry in sorted((config_json.get("teachers") or {}).items()):
+        workdir = entry.get("workdir") if isinstance(entry, dict) else None
+        if workdir:
+            if workdir not in cache:
+                cache[workdir] = teacher_fingerprint(workdir)
+            if cache[workdir] is not None:
+                out[name] = cache[workdir]
+    return out
 
 
 def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -273,8 +318,8 @@ def evaluation_dir(grid: dict) -> str:
     return grid.get("evaluation_dir", EVAL_DIR)
 
 
-def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]:
-    """(dataset, workdir, config) of every teacher to train (those with a config), in order."""
+def teacher_runs(grid: dict) -> list[tuple[str, str, str, ml_collections.ConfigDict]]:
+    """(dataset, name, workdir, config) of every teacher to train (those with a config), in order."""
     out = []
     for dataset in grid["datasets"]:
         for name, spec in grid["teachers"].get(dataset, {}).items():
@@ -282,7 +327,7 @@ def teacher_runs(grid: dict) -> list[tuple[str, str, ml_collections.ConfigDict]]
                 continue   # provided (e.g. imported from PyTorch): must already be there
             c = ml_collections.ConfigDict(spec["config"].to_dict())
             fill_teacher_workdirs(grid, dataset, c)   # e.g. a robust teacher trained with teachers listed
-            out.append((dataset, teacher_workdir(grid, dataset, name), c))
+            out.append((dataset, name, teacher_workdir(grid, dataset, name), c))
     return out
 
 
@@ -290,6 +335,7 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
     """Copies each run's `<eval_dir>/evaluation.json` and metrics.jsonl into `results_dir` (flat, by run)."""
     for sub in ("evaluations", "metrics"):
         paths.makedirs(paths.join(results_dir, sub))
+    cache = {}   # teacher workdir -> weight fingerprint
     for run in runs:
         ev = paths.join(run.workdir, eval_dir, "evaluation.json")
         if paths.exists(ev):
@@ -298,8 +344,9 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
             record["run"] = {"dataset": run.dataset, "student": run.student, "method": run.method,
                              "seed": run.seed, "stem": run.file_stem}
             done = paths.join(run.workdir, DONE_FILE)
-            if paths.exists(done):   # lets a later session reuse this result only for the same config
-                record["run"]["config_sha"] = config_fingerprint(json.loads(paths.read_text(done))["config"])
+            if paths.exists(done):   # a later session reuses this result only for the same config and teachers
+                config_json = json.loads(paths.read_text(done))["config"]
+                record["run"]["config_sha"] = config_fingerprint(config_json, teachers_fingerprints(config_json, cache))
             record.pop("checkpoint", None)   # an absolute path on the machine that ran it
             paths.write_text(paths.join(results_dir, "evaluations", run.file_stem + ".json"),
                              json.dumps(record, indent=2, default=float))
@@ -308,10 +355,12 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
             paths.copy(metrics, paths.join(results_dir, "metrics", run.file_stem + ".jsonl"))
 
 
-def committed_result(grid: dict, run: Run, config: ml_collections.ConfigDict) -> dict | None:
+def committed_result(grid: dict, run: Run, config: ml_collections.ConfigDict,
+                     teacher_cache: dict | None = None) -> dict | None:
     """The run's evaluation record in the grid's results directory if it can stand for the run:
-    made with the grid's evaluation settings and, where it records one, the run's config
-    fingerprint (records collected before fingerprints existed are taken on their settings alone)."""
+    made with the grid's evaluation settings and, where it records one, the fingerprint of the
+    run's config and teachers' weights (records collected before fingerprints existed are taken on
+    their settings alone)."""
     path = paths.join(grid["results"], "evaluations", run.file_stem + ".json")
     if not paths.exists(path):
         return None
@@ -319,9 +368,52 @@ def committed_result(grid: dict, run: Run, config: ml_collections.ConfigDict) ->
     if not evaluation_matches(record, grid["evaluation"], step=None):
         return None
     recorded = record.get("run", {}).get("config_sha")
-    if recorded is not None and recorded != config_fingerprint(_config_json(config)):
+    config_json = _config_json(config)
+    if recorded is not None and recorded != config_fingerprint(config_json,
+                                                               teachers_fingerprints(config_json, teacher_cache)):
         return None
     return record
+
+
+def teacher_snapshot_path(grid: dict, dataset: str, name: str) -> str:
+    return paths.join(grid["results"], "teachers", f"{dataset}_{name}.msgpack")
+
+
+def snapshot_teacher(grid: dict, dataset: str, name: str, workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Writes the weights the students load from this teacher (its best checkpoint) to the results
+    directory, with its config's fingerprint; False if the workdir holds no checkpoint."""
+    from flax import serialization
+    from sa_mdrad_jax import checkpoints
+    if teacher_fingerprint(workdir) is None:
+        return False
+    _, variables, meta = checkpoints.load_variables(workdir, best=True)
+    payload = {"config_sha": config_fingerprint(_config_json(config)), "meta_json": json.dumps(meta, default=float),
+               "variables": {k: {"tree": v} for k, v in variables.items()}}
+    paths.makedirs(paths.join(grid["results"], "teachers"))
+    paths.write_bytes(teacher_snapshot_path(grid, dataset, name), serialization.msgpack_serialize(payload))
+    return True
+
+
+def restore_teacher(grid: dict, dataset: str, name: str, workdir: str, config: ml_collections.ConfigDict,
+                    log: Callable = print) -> bool:
+    """Writes the teacher's snapshot from the results directory into its (checkpoint-less) workdir,
+    marked finished with `config`, when the snapshot was taken of a teacher trained with `config`."""
+    from flax import serialization
+    from sa_mdrad_jax import checkpoints
+    path = teacher_snapshot_path(grid, dataset, name)
+    if not paths.exists(path) or teacher_fingerprint(workdir) is not None:
+        return False
+    payload = serialization.msgpack_restore(paths.read_bytes(path))
+    if payload["config_sha"] != config_fingerprint(_config_json(config)):
+        log(f"teacher snapshot {path} is of another config: training the teacher")
+        return False
+    meta = json.loads(payload["meta_json"])
+    variables = {k: v["tree"] for k, v in payload["variables"].items()}
+    checkpoints.save_variables(workdir, meta["model"], variables, image_shape=tuple(meta["image_shape"]),
+                               meta={k: v for k, v in meta.items() if k not in ("model", "image_shape", "step")})
+    mark_finished(workdir, config, {"step": meta.get("step"), "restored_from": path})
+    log(f"teacher restored from {path}: {workdir}")
+    return True
 
 
 def collect_teachers(grid: dict) -> None:
@@ -364,21 +456,23 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
     """Teachers, then every student run (train, evaluate), then results (copies, tables, plots).
 
     `only` keeps the runs whose name ('dataset/student/method/seedN') contains it. `reuse_results`
-    keeps the runs whose evaluation is already in the results directory (`committed_result`); the
-    teachers are trained only if some run is left to train.
+    restores teachers from their snapshots in the results directory (`restore_teacher`) and keeps
+    the runs whose evaluation is already there (`committed_result`).
     """
     t0 = time.perf_counter()
+    for dataset, name, workdir, c in teacher_runs(grid):
+        if not (reuse_results and restore_teacher(grid, dataset, name, workdir, c, log)):
+            train_run(workdir, c, train_fn, log)
+        if not paths.exists(teacher_snapshot_path(grid, dataset, name)):
+            snapshot_teacher(grid, dataset, name, workdir, c)
     runs = [r for r in expand(grid) if only in r.name]
-    todo = []
+    todo, cache = [], {}
     for run in runs:
         config = run_config(grid, run)
-        if reuse_results and not is_finished(run.workdir, config) and committed_result(grid, run, config):
+        if reuse_results and not is_finished(run.workdir, config) and committed_result(grid, run, config, cache):
             log(f"kept (its result is in {grid['results']}): {run.name}")
         else:
             todo.append(run)
-    if todo:
-        for dataset, workdir, c in teacher_runs(grid):
-            train_run(workdir, c, train_fn, log)
     for run in todo:
         if not acquire(run.workdir):
             log(f"busy (another runner holds {run.workdir}): left to it")

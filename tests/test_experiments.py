@@ -106,9 +106,10 @@ def test_reuse_results_keeps_committed_runs_of_the_same_settings_and_config(tmp_
     shutil.rmtree(g["root"])                                 # a new machine: the workdirs are gone
     calls.clear()
     grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet, reuse_results=True)
-    assert calls == []                                       # both kept, so no teacher either
+    # Both kept; the teacher (a fake one: no weights to snapshot) is trained again first.
+    assert calls == [grid.teacher_workdir(g, "digits", "t")]
     grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=quiet)
-    assert len(calls) == 3                                   # without the flag: every run again
+    assert len(calls) == 3 and calls[1:] == [r.workdir for r in grid.expand(g)]   # without the flag: every run
     shutil.rmtree(g["root"])
     calls.clear()
     # Another config (more epochs) or other evaluation settings: the committed result does not stand.
@@ -130,6 +131,45 @@ def test_reuse_results_keeps_committed_runs_of_the_same_settings_and_config(tmp_
     with open(path, "w") as f:
         json.dump(record, f)
     assert grid.committed_result(g, run, grid.run_config(g, run)) is not None
+
+
+def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_teachers(tmp_path):
+    """On a new machine the teachers come back bit for bit from the results directory (a re-training
+    there would differ by float rounding); a result distilled from other teacher weights is not kept."""
+    from sa_mdrad_jax import checkpoints
+    from sa_mdrad_jax.train import loop
+    from util import tiny_config
+    g = _tiny_grid(tmp_path)
+    config = tiny_config(**{"train.max_steps": 2})
+    workdir = grid.teacher_workdir(g, "digits", "t")
+    assert not grid.snapshot_teacher(g, "digits", "t", workdir, config)        # nothing trained yet
+    loop.train(config, workdir)
+    grid.mark_finished(workdir, config, {"step": 2})
+    assert grid.snapshot_teacher(g, "digits", "t", workdir, config)
+    fingerprint = grid.teacher_fingerprint(workdir)
+    _, trained, _ = checkpoints.load_variables(workdir, best=True)
+    import shutil
+    shutil.rmtree(workdir)                                                       # the new machine
+    other = tiny_config(**{"train.max_steps": 3})
+    assert not grid.restore_teacher(g, "digits", "t", workdir, other, log=lambda m: None)
+    assert not os.path.exists(workdir)                                           # another config: trained anew
+    assert grid.restore_teacher(g, "digits", "t", workdir, config, log=lambda m: None)
+    assert grid.teacher_fingerprint(workdir) == fingerprint and grid.is_finished(workdir, config)
+    _, restored, _ = checkpoints.load_variables(workdir, best=True)
+    import jax
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), trained, restored))
+    assert not grid.restore_teacher(g, "digits", "t", workdir, config, log=lambda m: None)   # already there
+
+    # A collected result records its teachers' weights: other weights under the same config do not match.
+    run = grid.Run("digits", "resnet_tiny", "pgd_at", 0, str(tmp_path / "student"))
+    student = grid.run_config(g, run)
+    os.makedirs(os.path.join(run.workdir, grid.EVAL_DIR))
+    grid.mark_finished(run.workdir, student, {"step": 20})
+    with open(os.path.join(run.workdir, grid.EVAL_DIR, "evaluation.json"), "w") as f:
+        json.dump(_record({a: 0.5 for a in EVAL["attacks"]}), f)
+    grid.collect([run], g["results"])
+    assert grid.committed_result(g, run, student) is not None
+    assert grid.committed_result(g, run, student, {workdir: "0" * 16}) is None
 
 
 def _record(accuracy: dict, step=20, **kw) -> dict:
