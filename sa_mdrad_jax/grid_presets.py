@@ -310,7 +310,11 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
     grid["compare_with"] = [{"results": "experiments/results/digits_converged_rolled", "labels": ("rolled", "unrolled"),
                              "title": "How far float-level differences move a number: seed-0 runs trained with "
-                                      "the PGD loop rolled, then unrolled"}]
+                                      "the PGD loop rolled, then unrolled"},
+                            {"results": "experiments/results/digits_converged_machine1",
+                             "labels": ("machine 1", "machine 2"),
+                             "title": "How far another machine moves a number: distillation runs from the first "
+                                      "machine's teachers, then from the same teacher configs re-trained on the second"}]
     return grid
 
 
