@@ -23,6 +23,8 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
+  teacher_snapshots            (optional) the directory of the teachers' weight snapshots (default
+                               `<results>/teachers`): a grid sharing another grid's teachers names its
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}]: tables.md
                                also compares these runs with the same runs of that results directory
 
@@ -375,8 +377,13 @@ def committed_result(grid: dict, run: Run, config: ml_collections.ConfigDict,
     return record
 
 
+def teacher_snapshot_dir(grid: dict) -> str:
+    """Where the grid's teacher snapshots live: `teacher_snapshots`, default `<results>/teachers`."""
+    return grid.get("teacher_snapshots") or paths.join(grid["results"], "teachers")
+
+
 def teacher_snapshot_path(grid: dict, dataset: str, name: str) -> str:
-    return paths.join(grid["results"], "teachers", f"{dataset}_{name}.msgpack")
+    return paths.join(teacher_snapshot_dir(grid), f"{dataset}_{name}.msgpack")
 
 
 def snapshot_teacher(grid: dict, dataset: str, name: str, workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -389,7 +396,7 @@ def snapshot_teacher(grid: dict, dataset: str, name: str, workdir: str, config: 
     _, variables, meta = checkpoints.load_variables(workdir, best=True)
     payload = {"config_sha": config_fingerprint(_config_json(config)), "meta_json": json.dumps(meta, default=float),
                "variables": {k: {"tree": v} for k, v in variables.items()}}
-    paths.makedirs(paths.join(grid["results"], "teachers"))
+    paths.makedirs(teacher_snapshot_dir(grid))
     paths.write_bytes(teacher_snapshot_path(grid, dataset, name), serialization.msgpack_serialize(payload))
     return True
 

@@ -419,6 +419,7 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "name": f"SA-MDRAD options one at a time, digits, {epochs} epochs, validation split",
         "root": converged["root"], "results": "experiments/results/sa_mdrad_sweep",
         "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {}, "compare_with": (),
+        "teacher_snapshots": f"{converged['results']}/teachers",   # the converged grid's teachers, shared
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
                        "batch_size": 287, "seed": 0, "curve_eps": (), "checkpoint": "best", "split": "validation"},

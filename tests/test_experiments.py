@@ -537,6 +537,9 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     same = [r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0][0]
     assert same.workdir == runs["sa_mdrad"].workdir and grid._config_json(grid.run_config(converged, same)) == base
     assert sweep["evaluation"]["split"] == "validation" and sweep["evaluation_dir"] != grid.EVAL_DIR
+    # Same teachers on any machine: the sweep restores the converged grid's snapshots, not its own.
+    assert grid.teacher_snapshot_path(sweep, "digits", "robust") == grid.teacher_snapshot_path(converged, "digits",
+                                                                                                "robust")
     with pytest.raises(config_lib.ConfigError, match="takes"):
         grid_presets.sweep_overrides("sa_mdrad@tau=3")
 
