@@ -23,6 +23,9 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
   evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
+  sweep                        (optional) {'base': label, 'defaults': {option: value}}: the labels are
+                               'base@option=value', one option changed each; the report adds a table and
+                               a plot per option (grid_report.option_sweep_table)
   teacher_snapshots            (optional) the directory of the teachers' weight snapshots (default
                                `<results>/teachers`): a grid sharing another grid's teachers names its
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}]: tables.md
@@ -455,7 +458,8 @@ def write_report(grid: dict, runs: list[Run] | None = None) -> str:
     collect(expand(grid) if runs is None else runs, grid["results"], evaluation_dir(grid))
     collect_teachers(grid)
     return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
-                                    evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()))
+                                    evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()),
+                                    sweep=grid.get("sweep"))
 
 
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,

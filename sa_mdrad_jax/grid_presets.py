@@ -408,8 +408,12 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
     defaults = config_lib.method_config("sa_mdrad")
     labels = ["sa_mdrad"] + [sweep_label(o, v) for o, values in SA_MDRAD_SWEEP.items() for v in values
                              if v != defaults[o] and not (isinstance(v, float) and abs(v - defaults[o]) < 1e-9)]
+    # PGD-AT on the same validation split: the new default's clean accuracy must not be below it.
+    labels.append("pgd_at")
 
     def base_config(label, dataset, student):
+        if label == "pgd_at":
+            return converged["base_config"]("pgd_at", dataset, student)
         c = converged["base_config"]("sa_mdrad", dataset, student)
         c.method.update(sweep_overrides(label))
         return c
@@ -420,6 +424,7 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "root": converged["root"], "results": "experiments/results/sa_mdrad_sweep",
         "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {}, "compare_with": (),
         "teacher_snapshots": f"{converged['results']}/teachers",   # the converged grid's teachers, shared
+        "sweep": {"base": "sa_mdrad", "defaults": {o: defaults[o] for o in SA_MDRAD_SWEEP}},
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
                        "batch_size": 287, "seed": 0, "curve_eps": (), "checkpoint": "best", "split": "validation"},

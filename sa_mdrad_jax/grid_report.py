@@ -227,6 +227,102 @@ def plot_eps_curves(records: list[dict], path: str, title: str, methods=None) ->
     return True
 
 
+def sweep_label_parts(label: str) -> tuple[str, str | None, str | None]:
+    """'sa_mdrad@tau=2' -> ('sa_mdrad', 'tau', '2'); a label without '@' -> (label, None, None)."""
+    base, _, assignment = label.partition("@")
+    if not assignment:
+        return base, None, None
+    option, _, value = assignment.partition("=")
+    return base, option, value
+
+
+def _value_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def img_per_s(runs: list[list[dict]]) -> float | None:
+    """Median training throughput over the runs' train records (each run's first record, which holds
+    the compilation, left out)."""
+    rates = [r["img_per_s"] for run in runs for r in [x for x in run if x.get("kind") == "train"][1:]
+             if r.get("img_per_s")]
+    return float(np.median(rates)) if rates else None
+
+
+def _sweep_rows(records: list[dict], sweep: dict) -> list[tuple[str, str, str, bool]]:
+    """(option, value text, label, is_default) of every option of the sweep, the default first."""
+    base = sweep["base"]
+    labels = sorted({r["run"]["method"] for r in records})
+    rows = []
+    for option, default in sweep["defaults"].items():
+        rows.append((option, _value_text(default), base, True))
+        rows += [(option, value, label, False) for label in labels
+                 for b, o, value in [sweep_label_parts(label)] if b == base and o == option]
+    return rows
+
+
+def option_sweep_table(records: list[dict], metrics: dict, sweep: dict, score: str = "pgd20") -> str:
+    """One row per (option, value) of a one-option-at-a-time sweep ({'base': label of the defaults,
+    'defaults': {option: default value}}; other labels 'base@option=value'): accuracies mean ± std
+    over seeds, the paired difference to the defaults on `score` (same seeds), training img/s."""
+    attacks = [a for a in COLUMNS if any(a in r["accuracy"] for r in records)]
+    group = aggregate(records)
+    if len(group) != 1:
+        raise ValueError(f"option_sweep_table: records of one (dataset, student) expected, got {sorted(group)}.")
+    (cells_by_label,) = group.values()
+    lines = ["| option | value | " + " | ".join(COLUMNS[a] for a in attacks)
+             + f" | {COLUMNS[score]} − default (pp, mean ± s.e.) | train img/s | seeds |",
+             "|---|---|" + "---|" * len(attacks) + "---|---|---|"]
+    for option, value, label, is_default in _sweep_rows(records, sweep):
+        cells = cells_by_label.get(label)
+        if cells is None:
+            continue
+        n = max(c[2] for c in cells.values())
+        diff = "–" if is_default else (lambda p: _pct_pm(p) if p else "–")(paired(records, label, sweep["base"], score))
+        rate = img_per_s(metrics.get(label, []))
+        lines.append(f"| {option} | {value}{' (default)' if is_default else ''} | "
+                     + " | ".join(fmt(*cells[a][:2]) if a in cells else "–" for a in attacks)
+                     + f" | {diff} | {'–' if rate is None else f'{rate:.0f}'} | {n} |")
+    return "\n".join(lines)
+
+
+def plot_option_sweep(records: list[dict], sweep: dict, path: str, title: str, score: str = "pgd20",
+                      reference: str | None = "pgd_at") -> bool:
+    """A panel per option: `score` (mean ± std over seeds) per value, the default filled, the
+    defaults' mean (solid) and `reference`'s (dashed) as horizontal lines."""
+    acc: dict = {}
+    for rec in records:
+        if score in rec["accuracy"]:
+            acc.setdefault(rec["run"]["method"], []).append(100 * rec["accuracy"][score])
+    rows = [r for r in _sweep_rows(records, sweep) if r[2] in acc]
+    options = list(dict.fromkeys(r[0] for r in rows))
+    if not options:
+        return False
+    plt = _plt()
+    cols = min(4, len(options))
+    fig, axes = plt.subplots(-(-len(options) // cols), cols, figsize=(3.2 * cols, 2.6 * -(-len(options) // cols)),
+                             squeeze=False)
+    for ax, option in zip(axes.flat, options):
+        mine = [r for r in rows if r[0] == option]
+        for x, (_, value, label, is_default) in enumerate(mine):
+            v = np.asarray(acc[label])
+            ax.errorbar([x], [v.mean()], yerr=[v.std(ddof=1)] if len(v) > 1 else None, marker="o", capsize=2,
+                        color="C0", mfc="C0" if is_default else "white")
+        ax.axhline(np.mean(acc[sweep["base"]]), color="C0", lw=0.8)
+        if reference in acc:
+            ax.axhline(np.mean(acc[reference]), color="C3", lw=0.8, ls="--")
+        ax.set_xticks(range(len(mine)), [r[1] for r in mine], fontsize=7, rotation=20)
+        ax.set_title(option, fontsize=9)
+    for ax in list(axes.flat)[len(options):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel(f"{COLUMNS[score]} accuracy (%)")
+    fig.suptitle(title + (f" (filled: default; dashed: {reference})" if reference in acc else " (filled: default)"),
+                 fontsize=9)
+    fig.tight_layout()
+    paths.save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
@@ -338,10 +434,13 @@ def comparison_table(reference_dir: str, results_dir: str, labels: tuple[str, st
 
 
 def write_report(results_dir: str, *, title: str = "", methods: list[str] | None = None,
-                 evaluation: dict | None = None, compare_with: list[dict] | tuple = ()) -> str:
+                 evaluation: dict | None = None, compare_with: list[dict] | tuple = (),
+                 sweep: dict | None = None) -> str:
     """Writes tables.md, summary.json and the plots; returns the tables' Markdown. Each entry of
     `compare_with` ({'results': dir, 'title': str, 'labels': (reference, this)}) adds a
-    `comparison_table` of that directory's runs against these."""
+    `comparison_table` of that directory's runs against these. `sweep` ({'base', 'defaults'}: a
+    one-option-at-a-time sweep) adds `option_sweep_table` and `option_sweep.png` in place of the
+    papers' claims, which compare methods, not options."""
     records = load_records(results_dir)
     groups = aggregate(records)
     parts, summary = [], []
@@ -359,6 +458,7 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1:
             parts.append("Paired difference to PGD-AT over the same seeds (percentage points, mean ± standard "
                          "error):\n\n" + paired_table(subset, "pgd_at", methods))
+        if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1 and not sweep:
             parts.append("The papers' claims (a − b > 0 is the claim; 'holds' when the paired 95 % interval "
                          "is above 0, 'does not hold' when below, else inconclusive; with one seed the interval "
                          "is the test-sampling error of that run only — binomial, conservative for two models "
@@ -371,6 +471,14 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         plot_eps_curves(subset, stem + "_eps.png", f"{dataset}, {student}: accuracy vs ε", methods)
         metrics = _metrics_by_method(results_dir, subset)
         plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: accuracy per epoch", methods)
+        if sweep:
+            parts.append(f"One option at a time: every option's values on the {first.get('split', 'test')} split "
+                         "(mean ± std over seeds), the paired difference to the defaults over the same seeds, and the "
+                         "median training throughput of its runs (img/s on the machine and core that ran them; "
+                         "each run's first record, with the compilation, left out):\n\n"
+                         + option_sweep_table(subset, metrics, sweep))
+            plot_option_sweep(subset, sweep, paths.join(results_dir, "option_sweep.png"),
+                              f"{dataset}, {student}: one option at a time, {first.get('split', 'test')} split")
         if "sa_mdrad" in metrics:
             plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
                              f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")

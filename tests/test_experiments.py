@@ -527,6 +527,11 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     default = config_lib.method_config("sa_mdrad")
     runs = {r.method: r for r in grid.expand(sweep) if r.seed == 0}
     base = grid._config_json(grid.run_config(sweep, runs["sa_mdrad"]))
+    # PGD-AT's validation numbers come from the converged grid's own PGD-AT runs (same workdir, same config).
+    pgd_at = [r for r in grid.expand(converged) if r.method == "pgd_at" and r.seed == 0][0]
+    assert runs.pop("pgd_at").workdir == pgd_at.workdir
+    assert grid._config_json(grid.run_config(sweep, grid.expand(sweep)[-1])) == grid._config_json(
+        grid.run_config(converged, [r for r in grid.expand(converged) if r.method == "pgd_at" and r.seed == 2][0]))
     for label, run in runs.items():
         changed = grid_presets.sweep_overrides(label)
         config = grid.run_config(sweep, run)
@@ -542,6 +547,34 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
                                                                                                 "robust")
     with pytest.raises(config_lib.ConfigError, match="takes"):
         grid_presets.sweep_overrides("sa_mdrad@tau=3")
+
+
+def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_path):
+    results = str(tmp_path / "results")
+    val = lambda clean, pgd: {"clean": clean, "pgd20": pgd}  # noqa: E731
+    _write_results(results, {"sa_mdrad": [val(0.90, 0.50), val(0.92, 0.54)],
+                             "sa_mdrad@tau=2": [val(0.91, 0.55), val(0.93, 0.57)],
+                             "sa_mdrad@gamma=1": [val(0.80, 0.40)],
+                             "pgd_at": [val(0.95, 0.60), val(0.95, 0.62)]})
+    # Throughput: the first train record (compilation) is left out of the median.
+    stem = os.path.join(results, "metrics", "digits_resnet_tiny_sa_mdrad@tau=2_seed0.jsonl")
+    with open(stem, "w") as f:
+        for rate in (1.0, 100.0, 120.0, 110.0):
+            f.write(json.dumps({"step": 1, "kind": "train", "img_per_s": rate}) + "\n")
+    sweep = {"base": "sa_mdrad", "defaults": {"tau": 4.0, "gamma": 0.0, "beta": 1.0}}
+    text = grid_report.write_report(results, title="S", sweep=sweep)
+    rows = [l for l in text.split("One option at a time")[1].splitlines() if l.startswith("| ")]
+    assert rows[0].startswith("| option | value | Clean | PGD-20 | PGD-20 − default")
+    body = [r.split(" | ") for r in rows[1:]]
+    assert [(r[0].strip("| "), r[1]) for r in body] == [("tau", "4 (default)"), ("tau", "2"),
+                                                        ("gamma", "0 (default)"), ("gamma", "1"),
+                                                        ("beta", "1 (default)")]
+    assert body[1][2] == "92.00 ± 1.41" and body[1][3] == "56.00 ± 1.41"
+    assert body[1][4] == "+4.00 ± 1.00"        # paired over seeds 0, 1: +5 and +3 points
+    assert body[1][5] == "105" and body[1][6] == "2 |"   # median of 100, 120, 110 (seed 0) and 9 (seed 1)
+    assert body[0][4] == "–" and body[3][5:] == ["9", "1 |"]
+    assert os.path.exists(os.path.join(results, "option_sweep.png"))
+    assert "The papers' claims" not in text and "Paired difference to PGD-AT" in text
 
 
 def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_models():
