@@ -16,7 +16,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from sa_mdrad_jax import config as config_lib
+from sa_mdrad_jax import config as config_lib, paths
 
 NATURAL = "natural"   # the grids' natural-training label: no method block (not a registered method)
 NATURAL_SCHEDULE_OF = "pgd_at"   # natural training uses PGD-AT's paper schedule in the converged grid
@@ -385,20 +385,66 @@ def sweep_label(option: str, value) -> str:
 
 
 def sweep_overrides(label: str) -> dict:
-    """{method option: value} of a sweep label ('sa_mdrad' alone = the defaults)."""
-    _, _, assignment = label.partition("@")
-    if not assignment:
-        return {}
-    option, _, text = assignment.partition("=")
-    if option not in SA_MDRAD_SWEEP:
-        raise config_lib.ConfigError(f"Sweep label {label!r}: unknown option {option!r}; valid: {', '.join(SA_MDRAD_SWEEP)}.")
-    value = next((v for v in SA_MDRAD_SWEEP[option] if sweep_label(option, v) == label), None)
-    if value is None:
-        raise config_lib.ConfigError(f"Sweep label {label!r}: {option} takes {SA_MDRAD_SWEEP[option]}.")
-    out = {option: value}
-    if option == "lambda_adv":
-        out["lambda_nat"] = 1.0 - value
+    """{method option: value} of a sweep label ('sa_mdrad' alone = the defaults; several options:
+    'sa_mdrad@tau=2,gamma=1', as the factorial's labels)."""
+    _, _, assignments = label.partition("@")
+    out = {}
+    for assignment in filter(None, assignments.split(",")):
+        option, _, _ = assignment.partition("=")
+        if option not in SA_MDRAD_SWEEP:
+            raise config_lib.ConfigError(f"Sweep label {label!r}: unknown option {option!r}; "
+                                         f"valid: {', '.join(SA_MDRAD_SWEEP)}.")
+        value = next((v for v in SA_MDRAD_SWEEP[option] if sweep_label(option, v) == f"sa_mdrad@{assignment}"), None)
+        if value is None:
+            raise config_lib.ConfigError(f"Sweep label {label!r}: {option} takes {SA_MDRAD_SWEEP[option]}.")
+        out[option] = value
+        if option == "lambda_adv":
+            out["lambda_nat"] = 1.0 - value
     return out
+
+
+def combined_label(overrides: dict) -> str:
+    """{'tau': 2.0, 'gamma': 1.0} -> 'sa_mdrad@tau=2,gamma=1' (sweep options in SA_MDRAD_SWEEP order)."""
+    parts = [sweep_label(o, overrides[o]).partition("@")[2] for o in SA_MDRAD_SWEEP if o in overrides]
+    return "sa_mdrad@" + ",".join(parts) if parts else "sa_mdrad"
+
+
+def sweep_ranking(results_dir: str, score: str = "pgd20") -> list[tuple[str, float, float]]:
+    """(label, mean `score`, mean clean) of every SA-MDRAD label of a sweep's committed validation
+    results, best `score` first. Reads only what the sweep evaluated: the validation split."""
+    from sa_mdrad_jax import grid_report
+    records = [r for r in grid_report.load_records(results_dir) if r["run"]["method"].startswith("sa_mdrad")]
+    if not records:
+        raise config_lib.ConfigError(f"No sweep results in {results_dir}: run "
+                                     "`python experiments/run_grid.py --grid=experiments/grids/sa_mdrad_sweep.py` first.")
+    if any(r.get("split") != "validation" for r in records):
+        raise config_lib.ConfigError(f"{results_dir} holds results of another split than validation: choices are "
+                                     "made on the validation split only.")
+    by_label: dict = {}
+    for r in records:
+        by_label.setdefault(r["run"]["method"], []).append((r["accuracy"][score], r["accuracy"]["clean"]))
+    ranked = [(label, float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals])))
+              for label, vals in by_label.items()]
+    return sorted(ranked, key=lambda t: (-t[1], t[0]))
+
+
+def strongest_options(results_dir: str, k: int = 3, score: str = "pgd20") -> dict:
+    """{option: its best value} of the `k` options whose best non-default value moves validation
+    `score` most above the defaults' (options whose every value is below the defaults are left out:
+    a factorial of them would only combine losses)."""
+    ranking = {label: mean for label, mean, _ in sweep_ranking(results_dir, score)}
+    default = ranking.get("sa_mdrad")
+    if default is None:
+        raise config_lib.ConfigError(f"{results_dir} has no run of the defaults ('sa_mdrad').")
+    best: dict = {}
+    for label, mean in ranking.items():
+        overrides = sweep_overrides(label)
+        if len(overrides) - ("lambda_nat" in overrides) == 1:
+            option = next(o for o in overrides if o != "lambda_nat")
+            if mean > default and mean > best.get(option, (None, -1.0))[1]:
+                best[option] = (overrides[option], mean)
+    top = sorted(best.items(), key=lambda kv: (-kv[1][1], kv[0]))[:k]
+    return {option: value for option, (value, _) in top}
 
 
 def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
@@ -429,6 +475,41 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
                        "batch_size": 287, "seed": 0, "curve_eps": (), "checkpoint": "best", "split": "validation"},
     }
+
+
+SWEEP_RESULTS = "experiments/results/sa_mdrad_sweep"
+
+
+def sa_mdrad_factorial_grid(k: int = 3, sweep_results: str = SWEEP_RESULTS) -> dict:
+    """Every combination of the `k` options that raised validation PGD-20 most in the sweep
+    (`strongest_options`), each at the defaults' value or its best sweep value — 2^k labels, the
+    all-default and single-option ones shared with the sweep's runs; validation split, 3 seeds."""
+    import itertools
+    sweep = sa_mdrad_sweep_grid()
+    strongest = strongest_options(sweep_results, k)
+    labels = [combined_label({o: v for o, v, on in zip(strongest, strongest.values(), mask) if on})
+              for mask in itertools.product((False, True), repeat=len(strongest))]
+    return {**sweep, "name": f"SA-MDRAD factorial of {', '.join(strongest) or 'no option'} (best sweep values), "
+                             "digits, validation split",
+            "results": "experiments/results/sa_mdrad_factorial", "methods": tuple(labels) + ("pgd_at",),
+            "sweep": None}
+
+
+def sa_mdrad_finalists_grid(k: int = 3, sweep_results: str = SWEEP_RESULTS,
+                            factorial_results: str = "experiments/results/sa_mdrad_factorial") -> dict:
+    """AutoAttack on the validation split for the finalists: the `k` best SA-MDRAD configurations by
+    validation PGD-20 over the sweep and the factorial (when it has run), the defaults and PGD-AT."""
+    sweep = sa_mdrad_sweep_grid()
+    ranking = sweep_ranking(sweep_results)
+    if paths.exists(paths.join(factorial_results, "evaluations")):
+        ranking = sorted({**{r[0]: r for r in ranking}, **{r[0]: r for r in sweep_ranking(factorial_results)}}.values(),
+                         key=lambda t: (-t[1], t[0]))
+    finalists = [label for label, _, _ in ranking[:k]]
+    labels = tuple(dict.fromkeys(["sa_mdrad", *finalists, "pgd_at"]))
+    return {**sweep, "name": "SA-MDRAD finalists: AutoAttack on the validation split",
+            "results": "experiments/results/sa_mdrad_finalists", "methods": labels, "sweep": None,
+            "evaluation_dir": "evaluation_validation_autoattack",
+            "evaluation": {**sweep["evaluation"], "attacks": ("clean", "pgd20", "autoattack")}}
 
 
 FASHION_EPS = 0.1

@@ -577,6 +577,60 @@ def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_pat
     assert "The papers' claims" not in text and "Paired difference to PGD-AT" in text
 
 
+def _write_sweep(results, means: dict, split="validation"):
+    """Validation records of labels {label: (clean, pgd20) per seed}."""
+    os.makedirs(os.path.join(results, "evaluations"))
+    for label, seeds in means.items():
+        for seed, (clean, pgd) in enumerate(seeds):
+            stem = f"digits_resnet_tiny_{label}_seed{seed}"
+            rec = {"accuracy": {"clean": clean, "pgd20": pgd}, "split": split, "n_points": 287,
+                   "run": {"dataset": "digits", "student": "resnet_tiny", "method": label, "seed": seed, "stem": stem}}
+            with open(os.path.join(results, "evaluations", stem + ".json"), "w") as f:
+                json.dump(rec, f)
+
+
+def test_factorial_and_finalists_are_chosen_from_the_validation_sweep_only(tmp_path):
+    from sa_mdrad_jax import grid_presets
+    sweep = str(tmp_path / "sweep")
+    _write_sweep(sweep, {"sa_mdrad": [(0.9, 0.50), (0.9, 0.52)],
+                         "sa_mdrad@tau=2": [(0.9, 0.60), (0.9, 0.62)],      # tau: +10
+                         "sa_mdrad@tau=8": [(0.9, 0.55), (0.9, 0.55)],
+                         "sa_mdrad@gamma=1": [(0.9, 0.58), (0.9, 0.58)],    # gamma: +7
+                         "sa_mdrad@lambda_adv=1": [(0.9, 0.53), (0.9, 0.53)],   # lambda: +2
+                         "sa_mdrad@beta=0": [(0.9, 0.40), (0.9, 0.40)],     # beta: only worse
+                         "pgd_at": [(0.95, 0.70), (0.95, 0.70)]})           # not an SA-MDRAD option
+    assert [r[0] for r in grid_presets.sweep_ranking(sweep)][:3] == ["sa_mdrad@tau=2", "sa_mdrad@gamma=1",
+                                                                       "sa_mdrad@tau=8"]
+    assert grid_presets.strongest_options(sweep, k=2) == {"tau": 2.0, "gamma": 1.0}
+    assert grid_presets.strongest_options(sweep, k=5) == {"tau": 2.0, "gamma": 1.0, "lambda_adv": 1.0}
+    factorial = grid_presets.sa_mdrad_factorial_grid(k=2, sweep_results=sweep)
+    assert set(factorial["methods"]) == {"sa_mdrad", "sa_mdrad@tau=2", "sa_mdrad@gamma=1", "sa_mdrad@gamma=1,tau=2",
+                                         "pgd_at"}
+    both = [r for r in grid.expand(factorial) if r.method == "sa_mdrad@gamma=1,tau=2"][0]
+    c = grid.run_config(factorial, both)
+    assert (c.method.tau, c.method.gamma) == (2.0, 1.0)
+    # The single-option labels are the sweep's runs: same workdir and config.
+    full_sweep = grid_presets.sa_mdrad_sweep_grid()
+    one = [r for r in grid.expand(factorial) if r.method == "sa_mdrad@tau=2" and r.seed == 1][0]
+    same = [r for r in grid.expand(full_sweep) if r.method == "sa_mdrad@tau=2" and r.seed == 1][0]
+    assert one.workdir == same.workdir
+    assert grid._config_json(grid.run_config(factorial, one)) == grid._config_json(grid.run_config(full_sweep, same))
+    # Finalists: the best over sweep and factorial (when it ran), plus the defaults and PGD-AT.
+    fact = str(tmp_path / "factorial")
+    _write_sweep(fact, {"sa_mdrad@gamma=1,tau=2": [(0.9, 0.65), (0.9, 0.65)]})
+    finalists = grid_presets.sa_mdrad_finalists_grid(k=2, sweep_results=sweep, factorial_results=fact)
+    assert finalists["methods"] == ("sa_mdrad", "sa_mdrad@gamma=1,tau=2", "sa_mdrad@tau=2", "pgd_at")
+    assert finalists["evaluation"]["split"] == "validation" and "autoattack" in finalists["evaluation"]["attacks"]
+    assert finalists["evaluation_dir"] not in (grid.EVAL_DIR, full_sweep["evaluation_dir"])
+    # Selection refuses anything but validation results, and says what to run when there are none.
+    test_split = str(tmp_path / "test_split")
+    _write_sweep(test_split, {"sa_mdrad": [(0.9, 0.5)]}, split="test")
+    with pytest.raises(config_lib.ConfigError, match="validation"):
+        grid_presets.sweep_ranking(test_split)
+    with pytest.raises(config_lib.ConfigError, match="sa_mdrad_sweep.py"):
+        grid_presets.sweep_ranking(str(tmp_path / "none"))
+
+
 def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_models():
     g = grid.load_grid("experiments/grids/fashion_mnist.py")
     assert g["evaluation"]["n_points"] == 10000 and g["evaluation"]["attack_points"] == {"autoattack": 1000}
