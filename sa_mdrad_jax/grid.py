@@ -351,7 +351,14 @@ def collect(runs: list[Run], results_dir: str, eval_dir: str = EVAL_DIR) -> None
             done = paths.join(run.workdir, DONE_FILE)
             if paths.exists(done):   # a later session reuses this result only for the same config and teachers
                 config_json = json.loads(paths.read_text(done))["config"]
-                record["run"]["config_sha"] = config_fingerprint(config_json, teachers_fingerprints(config_json, cache))
+                teachers = teachers_fingerprints(config_json, cache)
+                missing = [entry["workdir"] for entry in (config_json.get("teachers") or {}).values()
+                           if entry.get("workdir") and not paths.exists(entry["workdir"])]
+                if missing:
+                    raise FileNotFoundError(
+                        f"Collecting {run.name}: the teacher workdirs its config names do not exist here: {missing}; "
+                        "collect from the directory the grid ran in (relative teacher paths resolve against it).")
+                record["run"]["config_sha"] = config_fingerprint(config_json, teachers)
             record.pop("checkpoint", None)   # an absolute path on the machine that ran it
             paths.write_text(paths.join(results_dir, "evaluations", run.file_stem + ".json"),
                              json.dumps(record, indent=2, default=float))

@@ -170,6 +170,11 @@ def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_tea
     grid.collect([run], g["results"])
     assert grid.committed_result(g, run, student) is not None
     assert grid.committed_result(g, run, student, {workdir: "0" * 16}) is None
+    # Collected from another directory, where the config's (relative) teacher paths name nothing:
+    # refused, rather than recording a fingerprint without the teachers.
+    shutil.rmtree(workdir)
+    with pytest.raises(FileNotFoundError, match="do not exist here"):
+        grid.collect([run], g["results"])
 
 
 def _record(accuracy: dict, step=20, **kw) -> dict:
