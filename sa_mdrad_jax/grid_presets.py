@@ -314,7 +314,11 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
                             {"results": "experiments/results/digits_converged_machine1",
                              "labels": ("machine 1", "machine 2"),
                              "title": "How far another machine moves a number: distillation runs from the first "
-                                      "machine's teachers, then from the same teacher configs re-trained on the second"}]
+                                      "machine's teachers, then from the same teacher configs re-trained on the second"},
+                            {"results": "experiments/results/digits_converged_machine2_check",
+                             "labels": ("machine 2", "machine 1"),
+                             "title": "How far the CPU alone moves a number: teacher-free seed-0 runs of this grid "
+                                      "(first machine) trained again on the second"}]
     return grid
 
 
