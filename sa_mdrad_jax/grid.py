@@ -28,8 +28,9 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                a plot per option (grid_report.option_sweep_table)
   teacher_snapshots            (optional) the directory of the teachers' weight snapshots (default
                                `<results>/teachers`): a grid sharing another grid's teachers names its
-  compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}]: tables.md
-                               also compares these runs with the same runs of that results directory
+  compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}, optionally
+                               'methods': (...)]: tables.md also compares these runs (of those methods) with
+                               the same runs of that results directory
 
 `run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,

@@ -308,9 +308,12 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
         name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
+    # The rolled runs were made on the first machine; of this grid's runs only the teacher-free ones are
+    # from that machine too (the distillation pairs are in experiments/results/digits_converged_machine1).
     grid["compare_with"] = [{"results": "experiments/results/digits_converged_rolled", "labels": ("rolled", "unrolled"),
+                             "methods": ("natural", "pgd_at", "trades"),
                              "title": "How far float-level differences move a number: seed-0 runs trained with "
-                                      "the PGD loop rolled, then unrolled"},
+                                      "the PGD loop rolled, then unrolled (same machine)"},
                             {"results": "experiments/results/digits_converged_machine1",
                              "labels": ("machine 1", "machine 2"),
                              "title": "How far another machine moves a number: distillation runs from the first "

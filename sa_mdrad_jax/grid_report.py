@@ -411,13 +411,15 @@ def plot_diagnostics(runs: list[list[dict]], path: str, title: str) -> bool:
 
 
 def comparison_table(reference_dir: str, results_dir: str, labels: tuple[str, str],
-                     methods: list[str] | None = None) -> str:
-    """Per run present in both results directories (same dataset, student, method, seed): the
-    selected step and each accuracy as `reference / this (difference)`, in percent. For the same
-    grid run twice with one thing changed (e.g. the PGD loop rolled vs unrolled: float rounding)."""
+                     methods: list[str] | None = None, only: list[str] | tuple | None = None) -> str:
+    """Per run present in both results directories (same dataset, student, method, seed; of the
+    methods in `only` if given): the selected step and each accuracy as `reference / this
+    (difference)`, in percent. For the same grid run twice with one thing changed (e.g. the PGD
+    loop rolled vs unrolled: float rounding)."""
     key = lambda r: (r["run"]["dataset"], r["run"]["student"], r["run"]["method"], r["run"]["seed"])
     reference = {key(r): r for r in load_records(reference_dir)}
-    pairs = [(reference[key(r)], r) for r in load_records(results_dir) if key(r) in reference]
+    pairs = [(reference[key(r)], r) for r in load_records(results_dir)
+             if key(r) in reference and (only is None or r["run"]["method"] in only)]
     if not pairs:
         return f"(no run of {reference_dir} has been evaluated here yet)"
     order = _order(sorted({k[2] for k in map(key, (b for _, b in pairs))}), methods)
@@ -485,7 +487,8 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
     for other in compare_with:
         parts.append(f"### {other['title']}\n\nAccuracy (%) {other['labels'][0]} / {other['labels'][1]} "
                      f"(difference), from `{other['results']}` and this grid:\n\n"
-                     + comparison_table(other["results"], results_dir, tuple(other["labels"]), methods))
+                     + comparison_table(other["results"], results_dir, tuple(other["labels"]), methods,
+                                        other.get("methods")))
     text = (f"# {title}\n\n" if title else "") + "\n\n".join(parts) + "\n"
     paths.write_text(paths.join(results_dir, "tables.md"), text)
     paths.write_text(paths.join(results_dir, "summary.json"),

@@ -463,6 +463,8 @@ def test_comparison_table_pairs_the_same_runs_of_two_results_directories(tmp_pat
     assert rows[0] == "| method (seed) | selected step, x / y | clean | pgd20 |"
     assert rows[2:] == ["| pgd_at (0) | 10 / 11 | 90.00 / 95.00 (+5.00) | 50.00 / 50.00 (+0.00) |",
                         "| rslad (0) | 11 / 10 | 80.00 / 80.00 (+0.00) | 60.00 / 55.00 (-5.00) |"]
+    only = grid_report.comparison_table(str(tmp_path / "a"), str(tmp_path / "b"), ("x", "y"), only=("rslad",))
+    assert only.splitlines()[2:] == rows[3:]     # a comparison limited to some methods
 
 
 def test_paired_differences_and_claim_verdicts():
