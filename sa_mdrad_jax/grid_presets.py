@@ -308,10 +308,11 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
         name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
+    from sa_mdrad_jax.methods import method_names
     # The rolled runs were made on the first machine; of this grid's runs only the teacher-free ones are
     # from that machine too (the distillation pairs are in experiments/results/digits_converged_machine1).
     grid["compare_with"] = [{"results": "experiments/results/digits_converged_rolled", "labels": ("rolled", "unrolled"),
-                             "methods": ("natural", "pgd_at", "trades"),
+                             "methods": (NATURAL,) + method_names(teachers="none", paper_grid=True),
                              "title": "How far float-level differences move a number: seed-0 runs trained with "
                                       "the PGD loop rolled, then unrolled (same machine)"},
                             {"results": "experiments/results/digits_converged_machine1",
@@ -512,7 +513,8 @@ def sa_mdrad_finalists_grid(k: int = 3, sweep_results: str = SWEEP_RESULTS,
         ranking = sorted({**{r[0]: r for r in ranking}, **{r[0]: r for r in sweep_ranking(factorial_results)}}.values(),
                          key=lambda t: (-t[1], t[0]))
     finalists = [label for label, _, _ in ranking[:k]]
-    labels = tuple(dict.fromkeys(["sa_mdrad", *finalists, "pgd_at"]))
+    defaults, reference = sweep["sweep"]["base"], "pgd_at"
+    labels = tuple(dict.fromkeys([defaults, *finalists, reference]))
     return {**sweep, "name": "SA-MDRAD finalists: AutoAttack on the validation split",
             "results": "experiments/results/sa_mdrad_finalists", "methods": labels, "sweep": None,
             "evaluation_dir": "evaluation_validation_autoattack",
