@@ -179,8 +179,14 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 def config_fingerprint(config_json: dict, teachers: dict | None = None) -> str:
     """A short hash of what a result was trained with: the run's config as JSON values
-    (`_config_json`) and, for a distillation run, its teachers' weight fingerprints {name: hash}."""
-    what = {"config": config_json, "teachers": teachers} if teachers else config_json
+    (`_config_json`) and, for a distillation run, its teachers' weight fingerprints {name: hash}.
+    The teachers' workdir paths are left out (they depend on the grid's root, i.e. on the machine;
+    the weights stand for the teachers), so a grid resumed under another --root keeps its runs."""
+    portable = json.loads(json.dumps(config_json))
+    for entry in (portable.get("teachers") or {}).values():
+        if isinstance(entry, dict):
+            entry.pop("workdir", None)
+    what = {"config": portable, "teachers": teachers} if teachers else portable
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -170,6 +170,10 @@ def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_tea
     grid.collect([run], g["results"])
     assert grid.committed_result(g, run, student) is not None
     assert grid.committed_result(g, run, student, {workdir: "0" * 16}) is None
+    # Another --root (machine-local teacher paths) with the same teacher weights: still the same run.
+    moved = grid.run_config({**g, "root": str(tmp_path / "elsewhere")}, run)
+    assert moved.teachers.t.workdir != student.teachers.t.workdir
+    assert grid.committed_result(g, run, moved, {moved.teachers.t.workdir: fingerprint}) is not None
     # Collected from another directory, where the config's (relative) teacher paths name nothing:
     # refused, rather than recording a fingerprint without the teachers.
     shutil.rmtree(workdir)
