@@ -27,7 +27,11 @@ What each run is (sa_mdrad_jax/grid_presets.py: digits_converged_grid):
   and the checked methods flat over epochs 41–60; each run's plateau at 60 is checked again on its
   own curve (grid_presets.still_rising, reported in the results README). The
   teachers' validation curves were flat by 40 (natural: clean 98.3 → 98.6 %, robust: PGD-20
-  84.1 → 85.3 % from epochs 21–30 to 31–40), so they are not retrained.
+  84.1 → 85.3 % from epochs 21–30 to 31–40), so they are not retrained. The teachers every run now
+  distils from were re-trained from the same configs on a second machine (the first one's were lost;
+  experiments/results/digits_converged_machine1) and are as flat: natural ResNet-18 ×0.25 clean
+  97.3 → 97.2 %, WRN-16-4 ×0.25 98.6 → 98.7 %, robust PGD-20 88.0 → 88.3 %. Their weights are
+  committed (experiments/results/digits_converged/teachers/*.msgpack; `--reuse_results` restores them).
 * selection: every epoch, clean and PGD-20 accuracy on the whole validation split; the checkpoint
   with the best validation PGD-20 accuracy is kept (with the last) and evaluated.
 * evaluation (test split, once): clean, FGSM, PGD-20, CW∞-30 and standard AutoAttack on all 360
