@@ -408,7 +408,7 @@ def snapshot_teacher(grid: dict, dataset: str, name: str, workdir: str, config: 
     directory, with its config's fingerprint; False if the workdir holds no checkpoint."""
     from flax import serialization
     from sa_mdrad_jax import checkpoints
-    if teacher_fingerprint(workdir) is None:
+    if not checkpoints.has_checkpoint(workdir):
         return False
     _, variables, meta = checkpoints.load_variables(workdir, best=True)
     payload = {"config_sha": config_fingerprint(_config_json(config)), "meta_json": json.dumps(meta, default=float),
@@ -486,9 +486,10 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
     """
     t0 = time.perf_counter()
     for dataset, name, workdir, c in teacher_runs(grid):
+        trained = False
         if not (reuse_results and restore_teacher(grid, dataset, name, workdir, c, log)):
-            train_run(workdir, c, train_fn, log)
-        if not paths.exists(teacher_snapshot_path(grid, dataset, name)):
+            trained = train_run(workdir, c, train_fn, log)
+        if trained or not paths.exists(teacher_snapshot_path(grid, dataset, name)):   # (re)trained: new weights
             snapshot_teacher(grid, dataset, name, workdir, c)
     runs = [r for r in expand(grid) if only in r.name]
     todo, cache = [], {}
