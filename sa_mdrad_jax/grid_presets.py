@@ -337,10 +337,9 @@ def still_rising(metrics_dir: str, prefix: str, seed: int = 0, window: int = 10,
     for path in paths.glob(metrics_dir, f"{prefix}*_seed{seed}.jsonl"):
         curve = [r["val_robust_accuracy"] for r in grid_report.read_jsonl(path)
                  if r["kind"] == "eval" and "val_robust_accuracy" in r]
-        if len(curve) >= 2 * window:
-            gain = np.mean(curve[-window:]) - np.mean(curve[-2 * window:-window])
-            if gain > min_gain:
-                rising.append(paths.name(path)[len(prefix):].rsplit("_seed", 1)[0])
+        gain = grid_report.late_gain(curve, window)
+        if gain is not None and gain > min_gain:
+            rising.append(paths.name(path)[len(prefix):].rsplit("_seed", 1)[0])
     order = method_labels(paper_grid=True)
     return tuple(sorted(rising, key=lambda m: order.index(m) if m in order else len(order)))
 

@@ -7,6 +7,8 @@ with the same stem. From them:
   tables.md                    one table per (dataset, student) in the papers' layout: a row per
                                method; clean, FGSM, PGD-20, CW∞, AutoAttack accuracy (%) as
                                mean ± std over seeds (sample std, n − 1; a single seed shows the mean)
+                               (papers' claims, paired differences, and a convergence table:
+                               did each run's validation PGD-20 still rise over its last epochs?)
   summary.json                 the same numbers
   <dataset>_<student>_eps.png        accuracy under PGD-20 vs ε, a line per method (mean ± std)
   <dataset>_<student>_training.png   clean / robust test accuracy over epochs, per method (seed mean)
@@ -327,13 +329,14 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
-def _metrics_by_method(results_dir: str, records: list[dict]) -> dict:
-    """{method: [metric records of one seed, ...]} for the runs in `records`."""
+def _runs_by_method(results_dir: str, records: list[dict]) -> dict:
+    """{method: [(evaluation record, its run's metric records), ...]} for the runs in `records`
+    that have a metric log."""
     out: dict = {}
     for rec in records:
         path = paths.join(results_dir, "metrics", rec["run"]["stem"] + ".jsonl")
         if paths.exists(path):
-            out.setdefault(rec["run"]["method"], []).append(read_jsonl(path))
+            out.setdefault(rec["run"]["method"], []).append((rec, read_jsonl(path)))
     return out
 
 
@@ -341,6 +344,47 @@ def _seed_mean(series: list[dict[float, float]]) -> tuple[list[float], np.ndarra
     """Mean over seeds at the x values all seeds have."""
     xs = sorted(set.intersection(*(set(s) for s in series)))
     return xs, np.array([[s[x] for x in xs] for s in series]).mean(0)
+
+
+def late_gain(curve, window: int | None = None) -> float | None:
+    """How much a per-epoch curve still rose at the end: the mean of its last `window` values minus
+    the mean of the `window` before them (None when the curve is shorter than 2 windows). Default
+    window: a sixth of the curve, at least 3 epochs (10 of 60, 3 of 10)."""
+    window = window or max(3, len(curve) // 6)
+    if len(curve) < 2 * window:
+        return None
+    return float(np.mean(curve[-window:]) - np.mean(curve[-2 * window:-window]))
+
+
+def plateau_table(runs: dict, methods=None, min_gain: float = 0.015) -> str:
+    """Has every run converged? `runs`: {method: [(evaluation record, metric records), ...]}. A row
+    per method: the validation (else test) curves' `late_gain` — clean as mean ± std over seeds,
+    PGD-20 per seed (pp) —, the epoch of each evaluated checkpoint (the eval record at its step),
+    and 'yes' when no seed's PGD-20 gained more than `min_gain`. A step up after the last LR decay
+    counts as a gain: read it with the training-curve plot."""
+    split = "val" if any("val_accuracy" in r for rs in runs.values() for _, run in rs for r in run) else "test"
+    lines = ["| method | epochs | clean gain (pp, mean ± std) | PGD-20 gain per seed (pp) "
+             "| evaluated checkpoint's epoch per seed | plateaued |", "|---|---|---|---|---|---|"]
+    for m in _order(list(runs), methods):
+        clean, robust, epochs, lengths = [], [], [], []
+        for rec, run in runs[m]:
+            evals = [r for r in run if r["kind"] == "eval" and f"{split}_accuracy" in r]
+            if not evals:
+                continue
+            lengths.append(len(evals))
+            for out, key in ((clean, f"{split}_accuracy"), (robust, f"{split}_robust_accuracy")):
+                out.append(late_gain([r[key] for r in evals if key in r]))
+            at = [r["epoch"] for r in evals if r.get("step") == rec.get("step")]
+            epochs.append(f"{at[0]:g}" if at else "–")
+        if not lengths:
+            continue
+        known = [g for g in robust if g is not None]
+        plateaued = "–" if not known else ("yes" if max(known) <= min_gain else "no")
+        clean_known = [g for g in clean if g is not None]
+        lines.append(f"| {m} | {max(lengths)} | {fmt(*mean_std(clean_known)) if clean_known else '–'} | "
+                     + ", ".join("–" if g is None else f"{100 * g:+.2f}" for g in robust)
+                     + f" | {', '.join(epochs)} | {plateaued} |")
+    return "\n".join(lines)
 
 
 def plot_training_curves(metrics: dict, path: str, title: str, methods=None) -> bool:
@@ -471,8 +515,14 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
                                     for m, cells in group.items()}})
         stem = paths.join(results_dir, f"{dataset}_{student}")
         plot_eps_curves(subset, stem + "_eps.png", f"{dataset}, {student}: accuracy vs ε", methods)
-        metrics = _metrics_by_method(results_dir, subset)
+        runs = _runs_by_method(results_dir, subset)
+        metrics = {m: [run for _, run in rs] for m, rs in runs.items()}
         plot_training_curves(metrics, stem + "_training.png", f"{dataset}, {student}: accuracy per epoch", methods)
+        if runs and not sweep:
+            parts.append("Convergence: the per-epoch validation curves (plot: "
+                         f"`{dataset}_{student}_training.png`), the mean of each run's last window of epochs (a "
+                         "sixth of the run, at least 3) minus the window before it; 'plateaued' when no seed's "
+                         "PGD-20 gained more than 1.5 points:\n\n" + plateau_table(runs, methods, min_gain=0.015))
         if sweep:
             parts.append(f"One option at a time: every option's values on the {first.get('split', 'test')} split "
                          "(mean ± std over seeds), the paired difference to the defaults over the same seeds, and the "

@@ -276,6 +276,8 @@ def test_table_is_mean_and_sample_std_over_seeds_in_paper_layout(tmp_path):
     assert summary["mean"] == pytest.approx(0.42) and summary["std"] == pytest.approx(0.02) and summary["n"] == 3
     for png in ("eps", "training", "sa_mdrad_diagnostics"):
         assert os.path.getsize(os.path.join(results, f"digits_resnet_tiny_{png}.png")) > 1000
+    # The convergence table follows, a row per method (2-epoch curves: too short to judge).
+    assert "| sa_mdrad | 2 | – | –, –, – | –, –, – | – |" in text.split("Convergence")[1]
 
 
 def test_diagnostics_are_read_per_epoch_without_the_standard_fields():
@@ -585,7 +587,7 @@ def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_pat
     assert body[1][5] == "105" and body[1][6] == "2 |"   # median of 100, 120, 110 (seed 0) and 9 (seed 1)
     assert body[0][4] == "–" and body[3][5:] == ["9", "1 |"]
     assert os.path.exists(os.path.join(results, "option_sweep.png"))
-    assert "The papers' claims" not in text and "Paired difference to PGD-AT" in text
+    assert "The papers' claims" not in text and "Convergence" not in text and "Paired difference to PGD-AT" in text
 
 
 def _write_sweep(results, means: dict, split="validation"):
@@ -657,6 +659,37 @@ def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_mode
         distils_from[run.method] = sorted(c.get("teachers", {}).keys())
     assert distils_from == {"natural": [], "pgd_at": [], "trades": [], "rslad": ["robust"], "adaad": ["robust"],
                             "sa_mdrad": ["resnet", "vgg"]}
+
+
+def test_late_gain_compares_the_last_window_with_the_one_before():
+    from sa_mdrad_jax import grid_report
+    curve = [0.5] * 40 + [0.8] * 10 + [0.83] * 10          # 60 epochs: window 10
+    assert abs(grid_report.late_gain(curve) - 0.03) < 1e-12
+    assert grid_report.late_gain(curve, window=5) == 0.0            # epochs 51-55 vs 56-60
+    assert abs(grid_report.late_gain(curve, window=20) - (0.815 - 0.5)) < 1e-12
+    assert abs(grid_report.late_gain([0.1, 0.2, 0.3, 0.4, 0.5, 0.9]) - (0.6 - 0.2)) < 1e-12   # window 3
+    assert grid_report.late_gain([0.1] * 5) is None                 # shorter than two windows
+
+
+def test_plateau_table_flags_a_seed_still_rising_and_names_the_selected_epoch():
+    from sa_mdrad_jax import grid_report
+
+    def run(robust, best_epoch, clean=0.9):
+        evals = [{"step": 10 * e, "kind": "eval", "epoch": float(e), "val_accuracy": clean,
+                  "val_robust_accuracy": v} for e, v in enumerate(robust, start=1)]
+        return {"step": 10 * best_epoch}, evals + [{"step": 3, "kind": "train", "loss": 1.0}]
+
+    flat, rising = [0.5] * 30 + [0.8] * 30, [0.5] * 40 + [0.8] * 10 + [0.85] * 10
+    runs = {"pgd_at": [run(flat, 55), run(flat, 60)], "rslad": [run(flat, 52), run(rising, 58)],
+            "ard": [run([0.5] * 5, 5)]}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in grid_report.plateau_table(runs).splitlines()[2:]}
+    assert rows["pgd_at"][1:] == ["60", "0.00 ± 0.00", "+0.00, +0.00", "55, 60", "yes |"]
+    assert rows["rslad"][3:] == ["+0.00, +5.00", "52, 58", "no |"]
+    assert rows["ard"][3:] == ["–", "5", "– |"]                     # 5 epochs: too short to judge
+    assert "yes" in grid_report.plateau_table({"rslad": runs["rslad"]}, min_gain=0.06)
+    test_split = {"m": [({"step": 20}, [{"step": 20, "kind": "eval", "epoch": 2.0, "test_accuracy": 0.5,
+                                          "test_robust_accuracy": 0.2}])]}
+    assert grid_report.plateau_table(test_split).splitlines()[2] == "| m | 1 | – | – | 2 | – |"
 
 
 def test_still_rising_picks_the_methods_whose_last_epochs_gained(tmp_path):
