@@ -175,6 +175,27 @@ def claims_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def claims_checklist(columns: list[tuple[str, list[dict]]]) -> str:
+    """The papers' claims side by side on several grids: a row per comparison of `CLAIMS`, a column
+    per (name, records) — a − b in pp (mean ± s.e.), its 95 % interval, the number of paired seeds
+    and the verdict of `verdict` (one seed: the test-sampling error of that run only)."""
+    lines = ["| claim | source | comparison | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for claim, source, comparisons in CLAIMS:
+        for a, b, attack in comparisons:
+            cells = []
+            for _, records in columns:
+                p = paired(records, a, b, attack)
+                if p is None:
+                    cells.append("not run")
+                    continue
+                ci = f" [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]" if p["ci95"] else ""
+                short = verdict(p).split(" for this run")[0].split(" (1 seed)")[0]
+                cells.append(f"{_pct_pm(p)}{ci}, {p['n']} seed{'s' if p['n'] > 1 else ''}: **{short}**")
+            lines.append(f"| {claim} | {source} | {a} − {b}, {COLUMNS.get(attack, attack)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paired_table(records: list[dict], reference: str = "pgd_at", methods: list[str] | None = None) -> str:
     """Every method minus `reference` per attack, paired over seeds (pp, mean ± standard error)."""
     present = sorted({r["run"]["method"] for r in records})

@@ -1,6 +1,8 @@
 """Experiment grids: run expansion, skip/resume decisions, evaluation reuse, tables; per-method FLOPs."""
 import json
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -278,6 +280,41 @@ def test_table_is_mean_and_sample_std_over_seeds_in_paper_layout(tmp_path):
         assert os.path.getsize(os.path.join(results, f"digits_resnet_tiny_{png}.png")) > 1000
     # The convergence table follows, a row per method (2-epoch curves: too short to judge).
     assert "| sa_mdrad | 2 | – | –, –, – | –, –, – | – |" in text.split("Convergence")[1]
+
+
+def test_claims_checklist_puts_each_grid_in_a_column(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _write_results(a, {"pgd_at": [{"autoattack": 0.50}, {"autoattack": 0.52}, {"autoattack": 0.54}],
+                       "trades": [{"autoattack": 0.55}, {"autoattack": 0.58}, {"autoattack": 0.57}]}, with_metrics=False)
+    _write_results(b, {"pgd_at": [{"autoattack": 0.60}], "trades": [{"autoattack": 0.50}]}, with_metrics=False)
+    table = grid_report.claims_checklist([("A", grid_report.load_records(a)), ("B", grid_report.load_records(b))])
+    lines = table.splitlines()
+    assert lines[0] == "| claim | source | comparison | A | B |"
+    row = next(l for l in lines if "trades − pgd_at, AutoAttack" in l).split(" | ")
+    # A: differences +5, +6, +3 points over 3 paired seeds; B: one seed, -10 ± binomial error on 50 points.
+    assert row[3].startswith("+4.67 ± 0.88 [") and row[3].endswith("3 seeds: **holds**")
+    assert row[4] == "-10.00 ± 9.90 [-29.40, +9.40], 1 seed: **inconclusive** |"
+    assert next(l for l in lines if "ard − pgd_at, AutoAttack" in l).endswith("| not run | not run |")
+    assert len(lines) == 2 + sum(len(c) for _, _, c in grid_report.CLAIMS)
+
+
+def test_claims_script_writes_the_table_and_refuses_an_empty_directory(tmp_path):
+    a = str(tmp_path / "a")
+    _write_results(a, {"pgd_at": [{"clean": 0.5}], "ard": [{"clean": 0.6}]}, with_metrics=False)
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "claims.py")
+    out = tmp_path / "claims.md"
+    proc = subprocess.run([sys.executable, script, f"--results={a}", "--names=digits", f"--out={out}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_text().splitlines()[0] == "| claim | source | comparison | digits |"
+    assert "ard − pgd_at, Clean | +10.00 ± " in out.read_text()
+    os.makedirs(tmp_path / "empty")
+    proc = subprocess.run([sys.executable, script, f"--results={tmp_path / 'empty'}"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "no evaluations under" in proc.stderr
+    proc = subprocess.run([sys.executable, script, f"--results={a},{a}", "--names=x"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "1 names for 2 results directories" in proc.stderr
 
 
 def test_diagnostics_are_read_per_epoch_without_the_standard_fields():

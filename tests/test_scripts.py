@@ -25,6 +25,7 @@ FLAG_IN_HELP = {
     "bench_official_torch.py": "--official",
     "parity_official_methods.py": "--official",
     "run_grid.py": "--grid",
+    "claims.py": "--results",
     "device_check.sh": "--dry_run",
 }
 
