@@ -28,6 +28,11 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                a plot per option (grid_report.option_sweep_table)
   teacher_snapshots            (optional) the directory of the teachers' weight snapshots (default
                                `<results>/teachers`): a grid sharing another grid's teachers names its
+  evaluate_teachers            (optional) {evaluation key: value} overriding `evaluation` for the teachers
+                               (e.g. {'attacks': ('clean', 'pgd20')}; {} = the students' evaluation): each
+                               teacher's checkpoint that students load is evaluated after the students,
+                               collected to `<results>/teachers/<dataset>_<name>_evaluation.json` and
+                               tabulated with them (what the students distil from)
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}, optionally
                                'methods': (...)]: tables.md also compares these runs (of those methods) with
                                the same runs of that results directory
@@ -440,15 +445,58 @@ def restore_teacher(grid: dict, dataset: str, name: str, workdir: str, config: m
     return True
 
 
+def teacher_evaluation(grid: dict) -> dict | None:
+    """The evaluation settings of the grid's teachers (`evaluate_teachers` over `evaluation`, the
+    checkpoint students load: 'best'), or None when the grid does not evaluate them."""
+    if grid.get("evaluate_teachers") is None:
+        return None
+    return {**grid["evaluation"], **dict(grid["evaluate_teachers"]), "checkpoint": "best"}
+
+
+def teacher_evaluation_path(grid: dict, dataset: str, name: str) -> str:
+    return paths.join(grid["results"], "teachers", f"{dataset}_{name}_evaluation.json")
+
+
+def evaluate_teachers(grid: dict, evaluate_fn: Callable | None = None, log: Callable = print,
+                      reuse_results: bool = False) -> None:
+    """Evaluates each trained teacher (`teacher_evaluation`) under its workdir's lock; with
+    `reuse_results` a committed evaluation of the same checkpoint step and settings is copied in
+    instead (the teacher restored from its snapshot carries the same weights)."""
+    evaluation = teacher_evaluation(grid)
+    if evaluation is None:
+        return
+    for dataset, name, workdir, _ in teacher_runs(grid):
+        if not acquire(workdir):
+            log(f"busy (another runner holds {workdir}): left to it")
+            continue
+        try:
+            committed = teacher_evaluation_path(grid, dataset, name)
+            target = paths.join(workdir, evaluation_dir(grid), "evaluation.json")
+            if reuse_results and paths.exists(committed) and not paths.exists(target) and evaluation_matches(
+                    json.loads(paths.read_text(committed)), evaluation, selected_step(workdir, evaluation)):
+                paths.makedirs(paths.join(workdir, evaluation_dir(grid)))
+                paths.copy(committed, target)
+                log(f"kept (its result is in {grid['results']}): teacher {dataset}/{name}")
+            evaluate_run(workdir, evaluation, evaluate_fn, log, evaluation_dir(grid))
+        finally:
+            release(workdir)
+
+
 def collect_teachers(grid: dict) -> None:
     """Copies each trained teacher's metrics.jsonl into `<results>/teachers/<dataset>_<name>.jsonl`
-    (its curves stay with the results, and a teacher re-trained on another machine can be compared)."""
+    (its curves stay with the results, and a teacher re-trained on another machine can be compared),
+    and its evaluation (`evaluate_teachers`) to `teacher_evaluation_path`."""
     for dataset in grid["datasets"]:
         for name in grid["teachers"].get(dataset, {}):
-            metrics = paths.join(teacher_workdir(grid, dataset, name), "metrics.jsonl")
+            workdir = teacher_workdir(grid, dataset, name)
+            metrics = paths.join(workdir, "metrics.jsonl")
             if paths.exists(metrics):
                 paths.makedirs(paths.join(grid["results"], "teachers"))
                 paths.copy(metrics, paths.join(grid["results"], "teachers", f"{dataset}_{name}.jsonl"))
+            record = paths.join(workdir, evaluation_dir(grid), "evaluation.json")
+            if teacher_evaluation(grid) is not None and paths.exists(record):
+                paths.makedirs(paths.join(grid["results"], "teachers"))
+                paths.copy(record, teacher_evaluation_path(grid, dataset, name))
 
 
 LOCK_FILE = workdir_lock.LOCK_FILE
@@ -509,6 +557,7 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
         finally:
             release(run.workdir)
         log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
+    evaluate_teachers(grid, evaluate_fn, log, reuse_results)
     if report:
         write_report(grid, runs)
     log(f"grid {grid['name']}: {len(runs)} runs in {time.perf_counter() - t0:.0f} s")

@@ -308,6 +308,7 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
         name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
+    grid["evaluate_teachers"] = {}     # the teachers as the students: what a distilled student can reach
     from sa_mdrad_jax.methods import method_names
     # The rolled runs were made on the first machine; of this grid's runs only the teacher-free ones are
     # from that machine too (the distillation pairs are in experiments/results/digits_converged_machine1).
@@ -477,6 +478,7 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "root": converged["root"], "results": "experiments/results/sa_mdrad_sweep",
         "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {}, "compare_with": (),
         "teacher_snapshots": f"{converged['results']}/teachers",   # the converged grid's teachers, shared
+        "evaluate_teachers": None,     # validation only: the converged grid evaluates the teachers on test
         "sweep": {"base": "sa_mdrad", "defaults": {o: defaults[o] for o in SA_MDRAD_SWEEP}},
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
@@ -537,7 +539,7 @@ def fashion_mnist_grid(*, train_size: int = 20000, epochs: int = 10, teacher_epo
                "vgg": dict(name="vgg_tiny", width=4.0, normalize="fashion_mnist")}
     from sa_mdrad_jax.methods import method_names
     methods = (NATURAL,) + method_names(fashion_grid=True)   # registered with fashion_grid=True
-    return converged_grid(
+    grid = converged_grid(
         data=dict(name="fashion_mnist", crop_pad=2, flip=True, validation_size=FASHION_VALIDATION,
                   train_size=train_size),
         eps=FASHION_EPS, student="resnet_tiny", student_options=student_options, natural=natural,
@@ -549,3 +551,7 @@ def fashion_mnist_grid(*, train_size: int = 20000, epochs: int = 10, teacher_epo
         name=(f"Fashion-MNIST (28×28, ε = 0.1), resnet_tiny (stem stride 2) student, {train_size} training "
               f"images, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint"),
         root=root, results=results)
+    # The teachers on the same 10,000 test images, without AutoAttack (on the ×2 robust teacher it
+    # would cost about four students' worth, > 2 core-hours here).
+    grid["evaluate_teachers"] = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30"), "attack_points": {}}
+    return grid

@@ -175,6 +175,29 @@ def claims_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def teacher_table(results_dir: str) -> str | None:
+    """The grid's evaluated teachers (`<results>/teachers/*_evaluation.json`, grid key
+    `evaluate_teachers`): a row per teacher — model, the checkpoint students load, accuracy (%) per
+    attack; None when there are none."""
+    found = paths.glob(paths.join(results_dir, "teachers"), "*_evaluation.json")
+    if not found:
+        return None
+    records = [(paths.name(p)[:-len("_evaluation.json")], json.loads(paths.read_text(p))) for p in found]
+    attacks = [a for a in COLUMNS if any(a in r["accuracy"] for _, r in records)]
+    first = records[0][1]
+    lines = [f"Teachers (the checkpoint their students load), on the first {first['n_points']} points of the "
+             f"{first.get('split', 'test')} split, L∞ ε = {first['eps'] * 255:.4g}/255"
+             + "".join(f"; {a} on the first {n}" for a, n in first.get("attack_points", {}).items()) + ":", "",
+             "| teacher | model | step | " + " | ".join(COLUMNS[a] for a in attacks) + " |",
+             "|---|---|---|" + "---|" * len(attacks)]
+    for name, r in records:
+        model = r.get("model", {})
+        lines.append(f"| {name} | {model.get('name', '?')} ×{model.get('width', 1):g} | {r.get('step')} | "
+                     + " | ".join(f"{100 * r['accuracy'][a]:.2f}" if a in r["accuracy"] else "–" for a in attacks)
+                     + " |")
+    return "\n".join(lines)
+
+
 def claims_checklist(columns: list[tuple[str, list[dict]]]) -> str:
     """The papers' claims side by side on several grids: a row per comparison of `CLAIMS`, a column
     per (name, records) — a − b in pp (mean ± s.e.), its 95 % interval, the number of paired seeds
@@ -555,6 +578,9 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
         if "sa_mdrad" in metrics:
             plot_diagnostics(metrics["sa_mdrad"], stem + "_sa_mdrad_diagnostics.png",
                              f"{dataset}, {student}: SA-MDRAD diagnostics (seed mean)")
+    teachers = teacher_table(results_dir)
+    if teachers:
+        parts.append(teachers)
     for other in compare_with:
         parts.append(f"### {other['title']}\n\nAccuracy (%) {other['labels'][0]} / {other['labels'][1]} "
                      f"(difference), from `{other['results']}` and this grid:\n\n"

@@ -238,6 +238,49 @@ def test_a_second_evaluation_dir_keeps_both_evaluations(tmp_path):
         assert list(json.load(f)["accuracy"]) == ["clean", "autoattack"]
 
 
+def test_teachers_are_evaluated_on_the_checkpoint_students_load_and_reported(tmp_path, monkeypatch):
+    g = _tiny_grid(tmp_path)
+    workdir = grid.teacher_workdir(g, "digits", "t")
+    os.makedirs(workdir)
+    # The step students load: the teacher's best checkpoint (selected_step with checkpoint 'best').
+    monkeypatch.setattr(grid, "selected_step", lambda wd, ev: 7 if ev.get("checkpoint") == "best" else 9)
+    calls = []
+
+    def fake_eval(workdir, *, out_dir, **kw):
+        calls.append(kw)
+        rec = _record({a: 0.25 for a in kw["attack_names"]}, step=kw["step"], selection=kw["selection"],
+                      model={"name": "resnet_tiny", "width": 1.0})
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+            json.dump(rec, f)
+        return rec
+
+    quiet = lambda m: None  # noqa: E731
+    grid.evaluate_teachers(g, fake_eval, quiet)
+    assert calls == []                                      # the grid does not ask for it
+    g["evaluate_teachers"] = {"attacks": ("clean", "pgd20")}
+    grid.evaluate_teachers(g, fake_eval, quiet)
+    step = 7
+    assert len(calls) == 1 and calls[0]["step"] == step and calls[0]["selection"] == "best"
+    assert calls[0]["attack_names"] == ("clean", "pgd20") and calls[0]["n_points"] == EVAL["n_points"]
+    grid.evaluate_teachers(g, fake_eval, quiet)
+    assert len(calls) == 1                                  # evaluated once
+    grid.collect_teachers(g)
+    table = grid_report.teacher_table(g["results"])
+    assert table.splitlines()[-1] == f"| digits_t | resnet_tiny ×1 | {step} | 25.00 | 25.00 |"
+    assert "| teacher | model | step | Clean | PGD-20 |" in table
+    # A new machine (the evaluation gone from the workdir): the committed one of the same step is kept.
+    import shutil
+    shutil.rmtree(os.path.join(workdir, grid.EVAL_DIR))
+    grid.evaluate_teachers(g, fake_eval, quiet, reuse_results=True)
+    assert len(calls) == 1 and os.path.exists(os.path.join(workdir, grid.EVAL_DIR, "evaluation.json"))
+    shutil.rmtree(os.path.join(workdir, grid.EVAL_DIR))
+    g["evaluate_teachers"] = {"attacks": ("clean",)}        # other settings: evaluated again
+    grid.evaluate_teachers(g, fake_eval, quiet, reuse_results=True)
+    assert len(calls) == 2 and calls[1]["attack_names"] == ("clean",)
+    assert grid_report.teacher_table(str(tmp_path / "nothing")) is None
+
+
 def _write_results(results, accs_by_method: dict, with_metrics=True):
     os.makedirs(os.path.join(results, "evaluations"))
     os.makedirs(os.path.join(results, "metrics"))
@@ -592,6 +635,9 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     same = [r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0][0]
     assert same.workdir == runs["sa_mdrad"].workdir and grid._config_json(grid.run_config(converged, same)) == base
     assert sweep["evaluation"]["split"] == "validation" and sweep["evaluation_dir"] != grid.EVAL_DIR
+    # The teachers are evaluated on test by the converged grid, never by the validation sweep.
+    assert grid.teacher_evaluation(sweep) is None
+    assert grid.teacher_evaluation(converged) == {**converged["evaluation"], "checkpoint": "best"}
     # Same teachers on any machine: the sweep restores the converged grid's snapshots, not its own.
     assert grid.teacher_snapshot_path(sweep, "digits", "robust") == grid.teacher_snapshot_path(converged, "digits",
                                                                                                 "robust")
@@ -684,6 +730,9 @@ def test_factorial_and_finalists_are_chosen_from_the_validation_sweep_only(tmp_p
 def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_models():
     g = grid.load_grid("experiments/grids/fashion_mnist.py")
     assert g["evaluation"]["n_points"] == 10000 and g["evaluation"]["attack_points"] == {"autoattack": 1000}
+    teacher_eval = grid.teacher_evaluation(g)       # all 10,000 test images, no AutoAttack
+    assert teacher_eval["n_points"] == 10000 and "autoattack" not in teacher_eval["attacks"]
+    assert teacher_eval["attack_points"] == {} and teacher_eval["checkpoint"] == "best"
     teachers = g["teachers"]["fashion_mnist"]
     assert {n: t["config"].model.to_dict().get("stem_stride", 1) for n, t in teachers.items()} == \
         {"resnet": 2, "vgg": 1, "robust": 2}

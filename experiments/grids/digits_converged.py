@@ -25,7 +25,8 @@ What each run is (sa_mdrad_jax/grid_presets.py: digits_converged_grid):
   epochs; the 60-epoch check (experiments/grids/digits_epochs_check.py,
   experiments/results/digits_converged_60) found ARD, IAD, MTARD and RSLAD 2.8–5.6 validation PGD-20 points better at 60
   and the checked methods flat over epochs 41–60; each run's plateau at 60 is checked again on its
-  own curve (grid_presets.still_rising, reported in the results README). The
+  own curve (the "Convergence" table of tables.md: each seed's validation PGD-20 over epochs 51–60
+  minus 41–50). The
   teachers' validation curves were flat by 40 (natural: clean 98.3 → 98.6 %, robust: PGD-20
   84.1 → 85.3 % from epochs 21–30 to 31–40), so they are not retrained. The teachers every run now
   distils from were re-trained from the same configs on a second machine (the first one's were lost;
@@ -35,7 +36,9 @@ What each run is (sa_mdrad_jax/grid_presets.py: digits_converged_grid):
 * selection: every epoch, clean and PGD-20 accuracy on the whole validation split; the checkpoint
   with the best validation PGD-20 accuracy is kept (with the last) and evaluated.
 * evaluation (test split, once): clean, FGSM, PGD-20, CW∞-30 and standard AutoAttack on all 360
-  test digits; mean ± std over 5 seeds and the paired difference to PGD-AT.
+  test digits; mean ± std over 5 seeds and the paired difference to PGD-AT. The three teachers'
+  checkpoints that the students load get the same evaluation, after the students (what a distilled
+  student can reach; `evaluate_teachers`).
 """
 from sa_mdrad_jax.grid_presets import digits_converged_grid
 

@@ -24,7 +24,9 @@ What each run is (sa_mdrad_jax/grid_presets.py: fashion_mnist_grid, built by the
   points) and clean accuracy (1,000 points).
 * evaluation (test split, once, best validation checkpoint): clean, FGSM, PGD-20 and CW∞-30 on all
   10,000 test images, standard AutoAttack on the first 1,000; one seed (the budget: AutoAttack
-  alone is ≈ 25 min of one core per robust student).
+  alone is ≈ 25 min of one core per robust student). The teachers' checkpoints that students load
+  get clean, FGSM, PGD-20 and CW∞-30 on the same 10,000 images after the students (`evaluate_teachers`;
+  no AutoAttack: on the ×2 robust teacher it would cost about four students' worth).
 
 Sizing, measured before choosing (one core each, the other busy, 2026-12-03 19:28 UTC, 2,560-image
 probe of this grid, steady-state img/s): natural student 2,059, PGD-AT 215, TRADES 178, RSLAD 180,
