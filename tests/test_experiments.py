@@ -61,9 +61,21 @@ def test_train_skips_finished_and_hands_unfinished_runs_to_the_loop(tmp_path):
     grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False)
     assert len(calls) == 3                              # all finished with the same config: skipped
     # A changed config (more epochs) is not finished: the loop gets the workdir again (it resumes).
-    g["overrides"] = {"train.epochs": 3}
+    g["overrides"] = {**g["overrides"], "train.epochs": 3}
     grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False, only="seed1")
     assert calls[3:] == [(os.path.join(g["root"], "digits", "resnet_tiny", "pgd_at", "seed1"), 3)]
+    # Finished with other method settings (a changed default, say): refused, not resumed, untouched.
+    longer = dict(g["overrides"])
+    g["overrides"] = {**longer, "method.eps": 0.1}
+    run1 = grid.expand(g)[1]
+    marker = open(os.path.join(run1.workdir, grid.DONE_FILE)).read()
+    with pytest.raises(config_lib.ConfigError, match=r"other settings \(method.eps differ"):
+        grid.run_grid(g, train_fn=fake_train, evaluate_fn=fake_eval, log=lambda m: None, report=False, only="seed1")
+    assert len(calls) == 4 and open(os.path.join(run1.workdir, grid.DONE_FILE)).read() == marker
+    assert grid.changed_settings(run1.workdir, grid.run_config(g, run1)) == ["method.eps"]
+    g["overrides"] = longer
+    moved = {**g, "teachers": {"digits": {"t": {"config": None, "workdir": str(tmp_path / "elsewhere")}}}}
+    assert grid.changed_settings(run1.workdir, grid.run_config(moved, run1)) == []   # teacher paths: machine-local
     # A workdir with checkpoints but no done-marker (interrupted) is trained (resumed), not skipped.
     run = grid.expand(g)[0]
     os.remove(os.path.join(run.workdir, grid.DONE_FILE))
@@ -617,7 +629,7 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     from sa_mdrad_jax import grid_presets
     sweep = grid.load_grid("experiments/grids/sa_mdrad_sweep.py")
     converged = grid.load_grid("experiments/grids/digits_converged.py")
-    default = config_lib.method_config("sa_mdrad")
+    default = grid_presets.SWEEP_BASE
     runs = {r.method: r for r in grid.expand(sweep) if r.seed == 0}
     base = grid._config_json(grid.run_config(sweep, runs["sa_mdrad"]))
     # PGD-AT's validation numbers come from the converged grid's own PGD-AT runs (same workdir, same config).
@@ -643,6 +655,32 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
                                                                                                 "robust")
     with pytest.raises(config_lib.ConfigError, match="takes"):
         grid_presets.sweep_overrides("sa_mdrad@tau=3")
+
+
+def test_sweep_is_pinned_to_the_defaults_it_varied_from(monkeypatch):
+    """The committed sweep must reproduce after its result changes the SA-MDRAD defaults."""
+    from sa_mdrad_jax import grid_presets
+    before = grid_presets.sa_mdrad_sweep_grid()
+    runs = {r.method: r for r in grid.expand(before) if r.seed == 0}
+    configs = {m: grid._config_json(grid.run_config(before, r))["method"] for m, r in runs.items() if m != "pgd_at"}
+    assert {k: configs["sa_mdrad"][k] for k in grid_presets.SWEEP_BASE} == pytest.approx(grid_presets.SWEEP_BASE)
+    original = config_lib.method_config
+
+    def new_defaults(name):
+        c = original(name)
+        if name == "sa_mdrad":
+            c.update(tau=2.0, gamma=1.0, rectify="soft")
+        return c
+
+    monkeypatch.setattr(config_lib, "method_config", new_defaults)
+    converged = grid_presets.digits_converged_grid()
+    sa = next(r for r in grid.expand(converged) if r.method == "sa_mdrad")
+    assert grid.run_config(converged, sa).method.tau == 2.0          # the grids do see the new defaults
+    after = grid_presets.sa_mdrad_sweep_grid()
+    assert after["methods"] == before["methods"] and after["sweep"] == before["sweep"]
+    for m, r in runs.items():
+        if m != "pgd_at":
+            assert grid._config_json(grid.run_config(after, r))["method"] == configs[m], m
 
 
 def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_path):
