@@ -243,6 +243,33 @@ def _validate_selection(config: ml_collections.ConfigDict) -> None:
                           "> 0 (e.g. 1000 on CIFAR) or checkpoint.best_metric=''.")
 
 
+# What a run may change and still continue in its workdir: a longer run, and settings that do not
+# touch what is trained (logging, evaluation batch, checkpoint bookkeeping). Anything else — method
+# options, model, data, optimiser, seed — changes what the weights are the result of.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "log.", "eval.batch_size", "checkpoint.async_save",
+                     "checkpoint.keep")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_keys(before: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """Dotted keys in which `config` differs from `before` (a stored config as JSON values), leaving
+    out `RESUMABLE_CHANGES` and the teachers' workdir paths (machine-local)."""
+    now = _flat(json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str)))
+    before = _flat(before)
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
+                  and not k.startswith(RESUMABLE_CHANGES)
+                  and not (k.startswith("teachers.") and k.endswith(".workdir")))
+
+
 def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the fully resolved config to `workdir/config.json`; returns the path."""
     from sa_mdrad_jax import paths

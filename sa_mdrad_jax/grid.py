@@ -253,34 +253,14 @@ def final_step(workdir: str) -> int | None:
     return json.loads(paths.read_text(path))["final"].get("step")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# What a finished run may have changed and still be resumed (continued) in its workdir: a longer
-# run, and settings that do not touch what is trained (logging, evaluation batch, the machine-local
-# teacher paths). Anything else — method options, model, data, optimiser, seed — would leave the old
-# weights standing under the new settings.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "log.", "eval.batch_size", "checkpoint.async_save",
-                     "checkpoint.keep")
-
-
 def changed_settings(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
     """The dotted keys in which `config` differs from the one `workdir` finished training with
-    (empty when it has not finished), leaving out the resumable ones and teachers' workdir paths."""
+    (empty when it has not finished), leaving out those a run may change and still continue
+    (`config.RESUMABLE_CHANGES`: more epochs, logging, ...) and the teachers' machine-local paths."""
     path = paths.join(workdir, DONE_FILE)
     if not paths.exists(path):
         return []
-    before, now = _flat(json.loads(paths.read_text(path))["config"]), _flat(_config_json(config))
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
-                  and not k.startswith(RESUMABLE_CHANGES)
-                  and not (k.startswith("teachers.") and k.endswith(".workdir")))
+    return config_lib.changed_keys(json.loads(paths.read_text(path))["config"], config)
 
 
 def train_run(workdir: str, config: ml_collections.ConfigDict, train_fn: Callable | None = None,
@@ -288,7 +268,7 @@ def train_run(workdir: str, config: ml_collections.ConfigDict, train_fn: Callabl
     """Trains one run unless it already finished with this config; returns whether it trained.
 
     An unfinished workdir (no marker, or a marker of a config that differs only in
-    `RESUMABLE_CHANGES`, e.g. more epochs now) is handed to the loop, which resumes from its latest
+    `config.RESUMABLE_CHANGES`, e.g. more epochs now) is handed to the loop, which resumes from its latest
     checkpoint. A workdir that finished with other method, model, data or optimiser settings is
     refused (ConfigError, nothing touched): resuming it would report its old weights as the new run.
     """

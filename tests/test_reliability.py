@@ -267,6 +267,23 @@ def test_resuming_with_another_method_names_both_and_the_way_out(trained, tmp_pa
     assert snapshot(workdir) == before
 
 
+def test_resuming_with_other_settings_says_which_and_keeps_the_previous_config(trained, tmp_path, capsys):
+    workdir = _copy(trained, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "10"))          # stopped after epoch 1 (step 5)
+    with open(os.path.join(workdir, "config.json")) as f:
+        trained_with = f.read()
+    # A longer run, other logging or evaluation batches: nothing to say (they do not change the weights' origin).
+    assert config_lib.changed_keys(json.loads(trained_with), tiny_config(
+        **{**FAST, "train.epochs": 3, "log.every_steps": 1, "eval.batch_size": 7})) == []
+    loop.train(tiny_config(**{**FAST, "optim.lr": 0.01, "seed": 3}), workdir)
+    err = capsys.readouterr().err
+    assert f"Resuming {workdir} at step 5 with other settings" in err and "optim.lr, seed" in err
+    with open(os.path.join(workdir, "config.step5.json")) as f:
+        assert f.read() == trained_with                                # the history is kept
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["optim"]["lr"] == 0.01
+
+
 # ---------------------------------------------------------------------------------- divergence guard
 
 def test_diverged_weights_are_never_saved_and_the_sane_checkpoint_survives_keep_1(trained, tmp_path):

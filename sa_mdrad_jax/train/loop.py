@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import signal
 import sys
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models, workdir_lock
+from sa_mdrad_jax import checkpoints, config as config_lib, data, distributed, models, paths, workdir_lock
 from sa_mdrad_jax.methods import make_method, natural_loss
 from sa_mdrad_jax.train import distill_step, input as input_lib, schedules, step as step_lib, writers
 from sa_mdrad_jax.train.state import TrainState, create_train_state
@@ -253,6 +254,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         if config.train.get("init_from"):
             state = _init_from(state, config.train.init_from, setup, replicated)
     if jax.process_index() == 0:
+        _keep_previous_config(config, workdir, ckpt.latest_step())
         config_lib.write_resolved(config, workdir)
 
     aug = dict(augment=config.dataset.augment, pad=config.dataset.crop_pad, flip=config.dataset.flip, sync_bn=sync_bn)
@@ -358,6 +360,22 @@ def _process0_says(flag: bool) -> bool | None:
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _keep_previous_config(config, workdir: str, step: int | None) -> None:
+    """Resuming with other settings than the run was trained with so far (other than
+    `config.RESUMABLE_CHANGES`): says which, and keeps the previous config as
+    `config.step<N>.json` before config.json is overwritten — the run's history is not lost."""
+    path = paths.join(workdir, "config.json")
+    if step is None or not paths.exists(path):
+        return
+    text = paths.read_text(path)
+    changed = config_lib.changed_keys(json.loads(text), config)
+    if changed:
+        kept = paths.join(workdir, f"config.step{step}.json")
+        paths.write_text(kept, text)
+        _warn(f"Resuming {workdir} at step {step} with other settings than it was trained with so far: "
+              f"{', '.join(changed)}. Steps up to {step} used the previous config, kept as {kept}.")
 
 
 def _check_method(stored: dict, method: str, workdir: str) -> None:
