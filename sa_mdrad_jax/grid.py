@@ -33,6 +33,7 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                teacher's checkpoint that students load is evaluated after the students,
                                collected to `<results>/teachers/<dataset>_<name>_evaluation.json` and
                                tabulated with them (what the students distil from)
+  reference                    (optional) the label every other is paired with in the report ('pgd_at')
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}, optionally
                                'methods': (...)]: tables.md also compares these runs (of those methods) with
                                the same runs of that results directory
@@ -540,7 +541,7 @@ def write_report(grid: dict, runs: list[Run] | None = None) -> str:
     collect_teachers(grid)
     return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                     evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()),
-                                    sweep=grid.get("sweep"))
+                                    sweep=grid.get("sweep"), reference=grid.get("reference", "pgd_at"))
 
 
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,

@@ -525,7 +525,7 @@ def comparison_table(reference_dir: str, results_dir: str, labels: tuple[str, st
 
 def write_report(results_dir: str, *, title: str = "", methods: list[str] | None = None,
                  evaluation: dict | None = None, compare_with: list[dict] | tuple = (),
-                 sweep: dict | None = None) -> str:
+                 sweep: dict | None = None, reference: str = "pgd_at") -> str:
     """Writes tables.md, summary.json and the plots; returns the tables' Markdown. Each entry of
     `compare_with` ({'results': dir, 'title': str, 'labels': (reference, this)}) adds a
     `comparison_table` of that directory's runs against these. `sweep` ({'base', 'defaults'}: a
@@ -545,9 +545,10 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
                 + "".join(f"; {name} on the first {n}" for name, n in first.get("attack_points", {}).items())
                 + ".\n\n")
         parts.append(head + markdown_table(group, methods))
-        if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1:
-            parts.append("Paired difference to PGD-AT over the same seeds (percentage points, mean ± standard "
-                         "error):\n\n" + paired_table(subset, "pgd_at", methods))
+        if any(r["run"]["method"] == reference for r in subset) and len(group) > 1:
+            name = "PGD-AT" if reference == "pgd_at" else reference
+            parts.append(f"Paired difference to {name} over the same seeds (percentage points, mean ± standard "
+                         "error):\n\n" + paired_table(subset, reference, methods))
         if any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1 and not sweep:
             parts.append("The papers' claims (a − b > 0 is the claim; 'holds' when the paired 95 % interval "
                          "is above 0, 'does not hold' when below, else inconclusive; with one seed the interval "

@@ -683,6 +683,40 @@ def test_sweep_is_pinned_to_the_defaults_it_varied_from(monkeypatch):
             assert grid._config_json(grid.run_config(after, r))["method"] == configs[m], m
 
 
+def test_ablation_grid_removes_one_component_each_from_the_converged_sa_mdrad_run():
+    from sa_mdrad_jax.methods.sa_mdrad_recipes import ABLATIONS
+    g = grid.load_grid("experiments/grids/sa_mdrad_ablations.py")
+    converged = grid.load_grid("experiments/grids/digits_converged.py")
+    same = next(r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0)
+    runs = {r.method: r for r in grid.expand(g) if r.seed == 0}
+    assert runs["sa_mdrad"].workdir == same.workdir
+    base = grid._config_json(grid.run_config(converged, same))
+    assert grid._config_json(grid.run_config(g, runs["sa_mdrad"])) == base
+    assert set(runs) == {"sa_mdrad"} | {f"sa_mdrad~{n}" for n in ABLATIONS}
+    changed = {}
+    for label, run in runs.items():
+        c = grid._config_json(grid.run_config(g, run))
+        changed[label] = {k: v for k, v in c["method"].items() if v != base["method"][k]}
+        assert {k: v for k, v in c.items() if k not in ("method", "teachers")} == \
+            {k: v for k, v in base.items() if k not in ("method", "teachers")}, label
+    assert changed["sa_mdrad~no_rectification"] == {"rectify": "none"}
+    assert changed["sa_mdrad~logits_only"] == {"beta": 0.0}
+    assert changed["sa_mdrad~clean_teacher_inputs"] == {"teacher_input_adv": "clean"}
+    one = grid.run_config(g, runs["sa_mdrad~single_teacher"])
+    assert list(one.teachers) == ["wrn16"] and changed["sa_mdrad~single_teacher"] == {}
+    assert g["evaluation"] == converged["evaluation"] and g["reference"] == "sa_mdrad"
+    assert grid.teacher_evaluation(g) is None and g["results"] != converged["results"]
+
+
+def test_report_pairs_with_the_grids_reference(tmp_path):
+    results = str(tmp_path / "results")
+    _write_results(results, {"sa_mdrad": [{"clean": 0.9}, {"clean": 0.8}],
+                             "sa_mdrad~logits_only": [{"clean": 0.85}, {"clean": 0.70}]}, with_metrics=False)
+    text = grid_report.write_report(results, reference="sa_mdrad")
+    assert "Paired difference to sa_mdrad" in text
+    assert "| sa_mdrad~logits_only | -7.50 ± 2.50 | 2 |" in text
+
+
 def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_path):
     results = str(tmp_path / "results")
     val = lambda clean, pgd: {"clean": clean, "pgd20": pgd}  # noqa: E731

@@ -49,8 +49,12 @@ def sa_mdrad_config(arg: str = "cifar10,resnet18") -> ml_collections.ConfigDict:
 
 
 def _single_teacher(c):
-    for name in list(c.teachers):
-        if name != "wrn34_10":
+    """Keeps the wide ResNet teacher (WRN-34-10 in the paper's set; on digits WRN-16-4), else the
+    first one listed."""
+    names = list(c.teachers)
+    keep = next((n for n in names if c.teachers[n].model.name.startswith("wrn")), names[0])
+    for name in names:
+        if name != keep:
             del c.teachers[name]
 
 
@@ -63,7 +67,7 @@ ABLATIONS = {
     "logits_only": lambda c: c.method.update(beta=0.0),
     # No logit KL (kl_scale = 0): the student learns from the feature term only (γ stays 0).
     "features_only": lambda c: c.method.update(kl_scale=0.0),
-    # One teacher (WRN-34-10): CAW degenerates to w = 1 and the fusion to that teacher.
+    # One teacher (the WRN: WRN-34-10): CAW degenerates to w = 1 and the fusion to that teacher.
     "single_teacher": _single_teacher,
     # Teachers see clean inputs only: the adversarial branch's target is the fused clean target.
     "clean_teacher_inputs": lambda c: c.method.update(teacher_input_adv="clean"),
