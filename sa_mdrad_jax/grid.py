@@ -34,6 +34,9 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                collected to `<results>/teachers/<dataset>_<name>_evaluation.json` and
                                tabulated with them (what the students distil from)
   reference                    (optional) the label every other is paired with in the report ('pgd_at')
+  workdir_names                (optional) {label: directory name} for labels whose runs live elsewhere
+                               than `<root>/<dataset>/<student>/<label>` (e.g. a method whose defaults
+                               changed: its new runs get a new directory, the finished ones stay)
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}, optionally
                                'methods': (...)]: tables.md also compares these runs (of those methods) with
                                the same runs of that results directory
@@ -124,7 +127,8 @@ def expand(grid: dict) -> list[Run]:
     """The student runs in the order they are trained: seed-major (every method's first seed
     before any second seed, so an interrupted grid still has a complete table), then dataset,
     student, method."""
-    return [Run(d, s, m, int(seed), paths.join(grid["root"], d, s, m, f"seed{seed}"))
+    dirs = grid.get("workdir_names") or {}
+    return [Run(d, s, m, int(seed), paths.join(grid["root"], d, s, dirs.get(m, m), f"seed{seed}"))
             for seed in grid["seeds"] for d in grid["datasets"] for s in grid["students"] for m in grid["methods"]]
 
 

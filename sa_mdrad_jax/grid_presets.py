@@ -486,6 +486,9 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "methods": tuple(labels), "seeds": (0, 1, 2), "base_config": base_config, "label_overrides": {}, "compare_with": (),
         "teacher_snapshots": f"{converged['results']}/teachers",   # the converged grid's teachers, shared
         "evaluate_teachers": None,     # validation only: the converged grid evaluates the teachers on test
+        # The sweep's 'sa_mdrad' is SWEEP_BASE in the runs' original directories, whatever directory the
+        # converged grid gives its SA-MDRAD once the defaults change.
+        "workdir_names": {},
         "sweep": {"base": "sa_mdrad", "defaults": {o: defaults[o] for o in SA_MDRAD_SWEEP}},
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],

@@ -676,6 +676,13 @@ def test_sweep_is_pinned_to_the_defaults_it_varied_from(monkeypatch):
     converged = grid_presets.digits_converged_grid()
     sa = next(r for r in grid.expand(converged) if r.method == "sa_mdrad")
     assert grid.run_config(converged, sa).method.tau == 2.0          # the grids do see the new defaults
+    # New defaults' runs go to a new directory (workdir_names); the sweep keeps the original ones.
+    monkeypatch.setattr(grid_presets, "digits_converged_grid",
+                        lambda *a, **k: {**converged, "workdir_names": {"sa_mdrad": "sa_mdrad_v2"}})
+    moved = next(r for r in grid.expand(grid_presets.digits_converged_grid()) if r.method == "sa_mdrad")
+    assert moved.workdir == sa.workdir.replace("/sa_mdrad/", "/sa_mdrad_v2/") and moved.file_stem == sa.file_stem
+    assert {r.workdir for r in grid.expand(grid_presets.sa_mdrad_sweep_grid())} == \
+        {r.workdir for r in grid.expand(before)}
     after = grid_presets.sa_mdrad_sweep_grid()
     assert after["methods"] == before["methods"] and after["sweep"] == before["sweep"]
     for m, r in runs.items():
