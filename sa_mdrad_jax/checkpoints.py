@@ -270,8 +270,10 @@ def has_checkpoint(workdir: str) -> bool:
     return bool(paths.listdir(directory))
 
 
-def save_variables(workdir: str, model_config, variables, *, image_shape, meta: dict | None = None) -> None:
-    """Writes `variables` ({'params', 'batch_stats'}) as the step-0 checkpoint of a new workdir.
+def save_variables(workdir: str, model_config, variables, *, image_shape, meta: dict | None = None,
+                   step: int = 0) -> None:
+    """Writes `variables` ({'params', 'batch_stats'}) as the only checkpoint (step `step`, default 0)
+    of a new workdir.
 
     For models that `loop.train` did not train (e.g. imported PyTorch teachers): the workdir then
     loads with `load_variables`, hence as a teacher, exactly like a trained one. The shapes are
@@ -288,9 +290,9 @@ def save_variables(workdir: str, model_config, variables, *, image_shape, meta: 
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     check_shapes(expected, variables, where="the variables to save")
     ckpt = Checkpointer(workdir, keep=1, async_save=False)
-    state = {"step": np.zeros((), np.int32), **variables}
-    ckpt.save(0, state, {**(meta or {}), "model": model_signature(model_config),
-                         "image_shape": list(image_shape), "step": 0}, force=True)
+    state = {"step": np.asarray(step, np.int32), **variables}
+    ckpt.save(step, state, {**(meta or {}), "model": model_signature(model_config),
+                            "image_shape": list(image_shape), "step": step}, force=True)
     ckpt.wait()
     ckpt.close()
 

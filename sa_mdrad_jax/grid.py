@@ -462,8 +462,11 @@ def restore_teacher(grid: dict, dataset: str, name: str, workdir: str, config: m
         return False
     meta = json.loads(payload["meta_json"])
     variables = {k: v["tree"] for k, v in payload["variables"].items()}
+    # At the step it was trained to, with its validation metrics: the restored workdir selects the
+    # same checkpoint step as the original (an evaluation of it matches the committed one).
     checkpoints.save_variables(workdir, meta["model"], variables, image_shape=tuple(meta["image_shape"]),
-                               meta={k: v for k, v in meta.items() if k not in ("model", "image_shape", "step")})
+                               meta={k: v for k, v in meta.items() if k not in ("model", "image_shape", "step")},
+                               step=int(meta.get("step") or 0))
     mark_finished(workdir, config, {"step": meta.get("step"), "restored_from": path})
     log(f"teacher restored from {path}: {workdir}")
     return True

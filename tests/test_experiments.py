@@ -154,7 +154,7 @@ def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_tea
     from sa_mdrad_jax.train import loop
     from util import tiny_config
     g = _tiny_grid(tmp_path)
-    config = tiny_config(**{"train.max_steps": 2})
+    config = tiny_config(**{"train.max_steps": 2, "checkpoint.best_metric": "val_accuracy", "dataset.validation_size": 100})
     workdir = grid.teacher_workdir(g, "digits", "t")
     assert not grid.snapshot_teacher(g, "digits", "t", workdir, config)        # nothing trained yet
     loop.train(config, workdir)
@@ -162,6 +162,8 @@ def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_tea
     assert grid.snapshot_teacher(g, "digits", "t", workdir, config)
     fingerprint = grid.teacher_fingerprint(workdir)
     _, trained, _ = checkpoints.load_variables(workdir, best=True)
+    trained_step = grid.selected_step(workdir, {"checkpoint": "best"})
+    assert trained_step > 0
     import shutil
     shutil.rmtree(workdir)                                                       # the new machine
     other = tiny_config(**{"train.max_steps": 3})
@@ -169,6 +171,8 @@ def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_tea
     assert not os.path.exists(workdir)                                           # another config: trained anew
     assert grid.restore_teacher(g, "digits", "t", workdir, config, log=lambda m: None)
     assert grid.teacher_fingerprint(workdir) == fingerprint and grid.is_finished(workdir, config)
+    # The same checkpoint step as the original, selected as the best: its evaluation matches a committed one.
+    assert grid.selected_step(workdir, {"checkpoint": "best"}) == trained_step
     _, restored, _ = checkpoints.load_variables(workdir, best=True)
     import jax
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), trained, restored))
