@@ -244,7 +244,7 @@ def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robus
         return c
 
     base = config_lib.distill_config("sa_mdrad")
-    base.model.update(name=student, width=1.0, normalize=dataset, **(student_options or {}))
+    base.model.update({"name": student, "width": 1.0, "normalize": dataset, **(student_options or {})})
     base.method.update(eps=eps, steps=pgd_steps, step_size=2.5 * eps / pgd_steps)
 
     def teachers_of(method):
@@ -291,18 +291,28 @@ def converged_grid(*, data: dict, eps: float, student: str, natural: dict, robus
     }
 
 
+# SA-MDRAD's heterogeneous natural teachers on digits (the first is MTARD's natural one and the
+# robust teacher's architecture).
+DIGITS_NATURAL = {"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
+                  "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")}
+
+
+def digits_protocol(epochs: int, teacher_epochs: int) -> dict:
+    """The converged digits protocol's `converged_grid` arguments other than what is evaluated, which
+    methods and seeds, and where: data, ε, student, teachers, epochs, optimiser, validation."""
+    validation_size = 287                         # 20 % of the 1,437 training digits, stratified
+    return dict(data=dict(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size),
+                eps=32 / 255, student="resnet_tiny", natural=DIGITS_NATURAL, epochs=epochs,
+                teacher_epochs=teacher_epochs, batch_size=64, lr=0.05,   # lr 0.1 @ 128, scaled to 64
+                robust_points=validation_size, eval_batch_size=validation_size + 1, log_every=16)
+
+
 def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
     """Every method on digits in its paper's setting, trained until validation PGD-20 plateaus
     (experiments/grids/digits_converged.py explains every choice). Students train `epochs`, the
     teachers `teacher_epochs` (their validation curves plateau by 40; experiments/results/digits_converged_40)."""
-    validation_size = 287                         # 20 % of the 1,437 training digits, stratified
     grid = converged_grid(
-        data=dict(name="digits", image_size=8, crop_pad=1, flip=False, validation_size=validation_size),
-        eps=32 / 255, student="resnet_tiny",
-        natural={"resnet18": dict(name="resnet18", width=0.25, normalize="digits"),
-                 "wrn16": dict(name="wrn16_4", width=0.25, normalize="digits")},
-        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=64, lr=0.05,   # lr 0.1 @ 128, scaled to 64
-        robust_points=validation_size, eval_batch_size=validation_size + 1, log_every=16,
+        **digits_protocol(epochs, teacher_epochs),
         evaluation={"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30", "autoattack"), "n_points": 360,
                     "batch_size": 360},
         methods=method_labels(paper_grid=True), seeds=(0, 1, 2, 3, 4),
@@ -367,6 +377,74 @@ def digits_epochs_check_grid(epochs: int = 60, methods=None) -> dict:
     grid["evaluation"] = {**grid["evaluation"], "attacks": ("clean", "pgd20"), "n_points": 287,
                           "split": "validation", "batch_size": 287}
     return grid
+
+
+TEACHER_CANDIDATE_RESULTS = "experiments/results/digits_teacher_candidates"
+
+
+def digits_teacher_candidates_grid(epochs: int = 60) -> dict:
+    """Could digits have a robust teacher stronger than the PGD-AT student? The converged grid's
+    robust teacher (PGD-AT, 40 epochs) is below the student's own PGD-AT on both splits. Candidates,
+    each the converged protocol with the teacher's architecture (ResNet-18 ×0.25) as the trained
+    model, `epochs` epochs, seed 0: PGD-AT (the converged grid's teacher recipe, run longer) and
+    TRADES (the papers' robust-teacher recipe: ARD, RSLAD, AdaAD distil from TRADES WRN-34-10).
+    Scored on the validation split only (clean and PGD-20 of the best-validation checkpoint); the
+    test split is read once, by the distillation grid that uses the winner (`digits_strong_teacher_grid`)."""
+    from sa_mdrad_jax.methods import method_names
+    converged = digits_converged_grid(epochs)
+    teacher = DIGITS_NATURAL[primary(DIGITS_NATURAL)]
+    grid = converged_grid(
+        **{**digits_protocol(epochs, epochs), "student": teacher["name"], "student_options": {"width": teacher["width"]}},
+        evaluation={},
+        methods=method_names(teachers="none", paper_grid=True),
+        seeds=(0,), name=f"digits robust-teacher candidates: {teacher['name']} ×{teacher['width']}, {epochs} epochs, "
+                         "seed 0, validation split",
+        root="workdir/grids/digits_teacher_candidates", results=TEACHER_CANDIDATE_RESULTS)
+    grid["teachers"] = {"digits": {}}
+    grid["evaluation"] = {**converged["evaluation"], "attacks": ("clean", "pgd20"), "n_points": 287,
+                          "split": "validation", "batch_size": 287}
+    grid.pop("label_overrides")
+    return grid
+
+
+def strongest_teacher(results_dir: str = TEACHER_CANDIDATE_RESULTS, score: str = "pgd20") -> str:
+    """The candidate label whose best-validation checkpoint has the highest validation `score`
+    (ties: the first in label order). Reads only the validation split."""
+    from sa_mdrad_jax import grid_report
+    records = grid_report.load_records(results_dir) if paths.exists(results_dir) else []
+    if not records:
+        raise config_lib.ConfigError(
+            f"No robust-teacher candidates in {results_dir}: run "
+            "`python experiments/run_grid.py --grid=experiments/grids/digits_teacher_candidates.py` first.")
+    if any(r.get("split") != "validation" for r in records):
+        raise config_lib.ConfigError(f"{results_dir} holds results of another split than validation: the "
+                                     "teacher is chosen on the validation split only.")
+    best = max(records, key=lambda r: (r["accuracy"][score], -records.index(r)))
+    return best["run"]["method"]
+
+
+def digits_strong_teacher_grid(seeds: tuple = (0, 1, 2), candidate: str | None = None) -> dict:
+    """The converged digits protocol for every method that distils from the robust teacher, with the
+    strongest candidate of `digits_teacher_candidates_grid` (by validation PGD-20; `candidate` to
+    force one) in place of the converged grid's 40-epoch PGD-AT teacher; MTARD's natural teacher
+    is unchanged. PGD-AT is the converged grid's own runs (same root and workdirs): the report's
+    paired differences are to it, over `seeds`. Test split, the converged grid's evaluation."""
+    converged = digits_converged_grid()
+    candidates = digits_teacher_candidates_grid()
+    label = candidate or strongest_teacher(candidates["results"])
+    from sa_mdrad_jax import grid as grid_lib
+    run = next(r for r in grid_lib.expand(candidates) if r.method == label)
+    methods = tuple(m for m in method_labels(paper_grid=True)
+                    if teacher_kind(m.split("+")[0]) in ("robust", "robust+natural"))
+    needed = {name for m in methods for name in teacher_block(m.split("+")[0], DIGITS_NATURAL)} - {"robust"}
+    natural = {name: spec for name, spec in converged["teachers"]["digits"].items() if name in needed}
+    teachers = {**natural, "robust": {"config": grid_lib.run_config(candidates, run), "workdir": run.workdir}}
+    return {**converged, "methods": ("pgd_at",) + methods, "seeds": tuple(seeds),
+            "name": f"digits, resnet_tiny student, 60 epochs, robust teacher: {run.student} {label} "
+                    f"{teachers['robust']['config'].train.epochs} epochs (the strongest candidate on validation)",
+            "results": "experiments/results/digits_strong_teacher", "teachers": {"digits": teachers},
+            "workdir_names": {m: f"{m}_strong_teacher" for m in methods}, "compare_with": (),
+            "reference": "pgd_at"}
 
 
 # SA-MDRAD's options of methods.md §2, each varied alone from the default (issue: defaults settled by evidence).

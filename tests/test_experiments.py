@@ -810,6 +810,48 @@ def test_factorial_and_finalists_are_chosen_from_the_validation_sweep_only(tmp_p
         grid_presets.sweep_ranking(str(tmp_path / "none"))
 
 
+
+def test_strong_teacher_is_chosen_on_validation_and_replaces_only_the_robust_teacher(tmp_path):
+    from sa_mdrad_jax import grid_presets
+    candidates = grid_presets.digits_teacher_candidates_grid()
+    # The candidates: the robust teacher's architecture and recipe family, trained alone, longer,
+    # scored on validation only.
+    robust = grid_presets.digits_converged_grid()["teachers"]["digits"]["robust"]["config"]
+    configs = {r.method: grid.run_config(candidates, r) for r in grid.expand(candidates)}
+    assert set(configs) == {"pgd_at", "trades"} and not candidates["teachers"]["digits"]
+    for c in configs.values():
+        assert c.model.to_dict() == robust.model.to_dict() and c.train.epochs == 60 and not c.teachers
+        assert c.method.eps == robust.method.eps and c.checkpoint.best_metric == "val_robust_accuracy"
+    assert candidates["evaluation"]["split"] == "validation"
+    # The winner: highest validation PGD-20; only validation results are read.
+    results = str(tmp_path / "candidates")
+    _write_sweep(results, {"pgd_at": [(0.98, 0.90)], "trades": [(0.97, 0.93)]})
+    assert grid_presets.strongest_teacher(results) == "trades"
+    _write_sweep(str(tmp_path / "test_split"), {"trades": [(0.9, 0.5)]}, split="test")
+    with pytest.raises(config_lib.ConfigError, match="validation"):
+        grid_presets.strongest_teacher(str(tmp_path / "test_split"))
+    with pytest.raises(config_lib.ConfigError, match="digits_teacher_candidates.py"):
+        grid_presets.strongest_teacher(str(tmp_path / "none"))
+    # The distillation grid: the winner's run (its workdir and exact config) is the robust teacher,
+    # every other setting is the converged grid's, and PGD-AT is the converged grid's own runs.
+    strong, converged = grid_presets.digits_strong_teacher_grid(candidate="trades"), grid_presets.digits_converged_grid()
+    winner = next(r for r in grid.expand(candidates) if r.method == "trades")
+    assert strong["teachers"]["digits"]["robust"]["workdir"] == winner.workdir
+    assert grid._config_json(strong["teachers"]["digits"]["robust"]["config"]) == grid._config_json(configs["trades"])
+    assert set(strong["teachers"]["digits"]) == {"robust", "resnet18"}    # MTARD's natural teacher stays
+    same = {(r.method, r.seed): r for r in grid.expand(converged)}
+    for run in grid.expand(strong):
+        theirs = same[(run.method, run.seed)]
+        ours_cfg, their_cfg = grid.run_config(strong, run), grid.run_config(converged, theirs)
+        if run.method == "pgd_at":
+            assert run.workdir == theirs.workdir and grid._config_json(ours_cfg) == grid._config_json(their_cfg)
+            continue
+        assert run.workdir != theirs.workdir
+        assert ours_cfg.teachers.robust.workdir == winner.workdir
+        ours_cfg.teachers.robust.workdir = their_cfg.teachers.robust.workdir
+        assert grid._config_json(ours_cfg) == grid._config_json(their_cfg)
+    assert strong["reference"] == "pgd_at" and strong["seeds"] == (0, 1, 2)
+
 def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_models():
     g = grid.load_grid("experiments/grids/fashion_mnist.py")
     assert g["evaluation"]["n_points"] == 10000 and g["evaluation"]["attack_points"] == {"autoattack": 1000}
