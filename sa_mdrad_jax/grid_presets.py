@@ -355,9 +355,9 @@ def still_rising(metrics_dir: str, prefix: str, seed: int = 0, window: int = 10,
     return tuple(sorted(rising, key=lambda m: order.index(m) if m in order else len(order)))
 
 
-def digits_epochs_check_grid(epochs: int = 60, methods=None) -> dict:
+def digits_epochs_check_grid(epochs: int = 60, methods=None, seeds: tuple = (0,)) -> dict:
     """Was 40 epochs enough? The converged digits protocol at `epochs` (schedules scaled again),
-    seed 0, for `methods`, with the 40-epoch teachers: does a longer run beat the 40-epoch one
+    `seeds` (default 0), for `methods`, with the 40-epoch teachers: does a longer run beat the 40-epoch one
     (experiments/results/digits_converged_40) on the validation split? Scored on validation only
     (clean and PGD-20 of the best-validation checkpoint); the test split is not read. `methods`
     default: those whose seed-0 validation PGD-20 rose by more than 1.5 points (≈4 of the 287
@@ -370,9 +370,9 @@ def digits_epochs_check_grid(epochs: int = 60, methods=None) -> dict:
     grid["teachers"] = {"digits": {name: {"config": None,
                                           "workdir": f"{base['root']}/digits/teachers/{name}"}
                                    for name in base["teachers"]["digits"]}}
-    grid.update(name=f"digits epochs check: {epochs} epochs, seed 0, validation split",
+    grid.update(name=f"digits epochs check: {epochs} epochs, seed {', '.join(map(str, seeds))}, validation split",
                 root=f"workdir/grids/digits_converged_{epochs}",
-                results=f"experiments/results/digits_converged_{epochs}", methods=tuple(methods), seeds=(0,))
+                results=f"experiments/results/digits_converged_{epochs}", methods=tuple(methods), seeds=tuple(seeds))
     grid.pop("compare_with")
     grid["evaluation"] = {**grid["evaluation"], "attacks": ("clean", "pgd20"), "n_points": 287,
                           "split": "validation", "batch_size": 287}
