@@ -34,6 +34,10 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                collected to `<results>/teachers/<dataset>_<name>_evaluation.json` and
                                tabulated with them (what the students distil from)
   reference                    (optional) the label every other is paired with in the report ('pgd_at')
+  borrowed                     (optional) {label: results directory of the grid that owns its runs}: those
+                               runs are never trained or evaluated here; their committed evaluations and
+                               curves (same evaluation settings, config and teachers' weights) are copied
+                               from that directory (e.g. the PGD-AT runs another test-split grid pairs with)
   workdir_names                (optional) {label: directory name} for labels whose runs live elsewhere
                                than `<root>/<dataset>/<student>/<label>` (e.g. a method whose defaults
                                changed: its new runs get a new directory, the finished ones stay)
@@ -540,11 +544,41 @@ def release(workdir: str) -> None:
     workdir_lock.release(workdir)
 
 
-def write_report(grid: dict, runs: list[Run] | None = None) -> str:
-    """Copies the evaluations and metrics of `runs` (default: every run of the grid that has them)
-    into the results directory and writes its tables and plots; returns the tables' Markdown."""
+def borrowed_result(grid: dict, run: Run, config: ml_collections.ConfigDict, cache: dict | None = None) -> dict:
+    """The owner grid's committed evaluation of a borrowed run (`grid['borrowed']`), or a ConfigError
+    that says which grid to run first."""
+    owner = grid["borrowed"][run.method]
+    record = committed_result({**grid, "results": owner}, run, config, cache)
+    if record is None:
+        raise config_lib.ConfigError(
+            f"{run.name} is borrowed from the grid whose results are {owner}, which has no committed evaluation of "
+            "it with this grid's evaluation settings, config and teachers: run that grid (with --reuse_results) "
+            "first; borrowed runs are never trained here.")
+    return record
+
+
+def copy_borrowed(grid: dict, runs: list[Run]) -> None:
+    """Copies the borrowed runs' committed evaluations and curves from their owner's results."""
+    for run in runs:
+        owner = grid.get("borrowed", {}).get(run.method)
+        if owner is None:
+            continue
+        for sub, ext in (("evaluations", ".json"), ("metrics", ".jsonl")):
+            source = paths.join(owner, sub, run.file_stem + ext)
+            if paths.exists(source):
+                paths.makedirs(paths.join(grid["results"], sub))
+                paths.copy(source, paths.join(grid["results"], sub, run.file_stem + ext))
+
+
+def write_report(grid: dict, runs: list[Run] | None = None, kept: frozenset = frozenset()) -> str:
+    """Copies the evaluations and metrics of `runs` (default: every run of the grid that has them;
+    `kept`: names of runs whose committed result stands, not copied over) into the results directory,
+    the borrowed runs' from their owner's, and writes its tables and plots; returns the tables' Markdown."""
     from sa_mdrad_jax import grid_report
-    collect(expand(grid) if runs is None else runs, grid["results"], evaluation_dir(grid))
+    runs = expand(grid) if runs is None else runs
+    borrowed = grid.get("borrowed", {})
+    collect([r for r in runs if r.method not in borrowed and r.name not in kept], grid["results"], evaluation_dir(grid))
+    copy_borrowed(grid, runs)
     collect_teachers(grid)
     return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                     evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()),
@@ -567,10 +601,16 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
         if trained or not paths.exists(teacher_snapshot_path(grid, dataset, name)):   # (re)trained: new weights
             snapshot_teacher(grid, dataset, name, workdir, c)
     runs = [r for r in expand(grid) if only in r.name]
-    todo, cache = [], {}
+    todo, cache, kept = [], {}, set()
     for run in runs:
         config = run_config(grid, run)
-        if reuse_results and not is_finished(run.workdir, config) and committed_result(grid, run, config, cache):
+        if run.method in grid.get("borrowed", {}):
+            borrowed_result(grid, run, config, cache)
+            log(f"borrowed (its result is in {grid['borrowed'][run.method]}): {run.name}")
+        elif reuse_results and committed_result(grid, run, config, cache):
+            # The committed result stands even where a workdir of the same config finished here (e.g.
+            # trained again by another grid that shares the run): a re-run would change a published number.
+            kept.add(run.name)
             log(f"kept (its result is in {grid['results']}): {run.name}")
         else:
             todo.append(run)
@@ -586,6 +626,6 @@ def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log
         log(f"done: {run.name} ({time.perf_counter() - t0:.0f} s so far)")
     evaluate_teachers(grid, evaluate_fn, log, reuse_results)
     if report:
-        write_report(grid, runs)
+        write_report(grid, runs, frozenset(kept))
     log(f"grid {grid['name']}: {len(runs)} runs in {time.perf_counter() - t0:.0f} s")
     return runs

@@ -427,8 +427,8 @@ def digits_strong_teacher_grid(seeds: tuple = (0, 1, 2), candidate: str | None =
     """The converged digits protocol for every method that distils from the robust teacher, with the
     strongest candidate of `digits_teacher_candidates_grid` (by validation PGD-20; `candidate` to
     force one) in place of the converged grid's 40-epoch PGD-AT teacher; MTARD's natural teacher
-    is unchanged. PGD-AT is the converged grid's own runs (same root and workdirs): the report's
-    paired differences are to it, over `seeds`. Test split, the converged grid's evaluation."""
+    is unchanged. PGD-AT is the converged grid's own runs (`borrowed`: their committed test
+    evaluations, never trained here): the report's paired differences are to it, over `seeds`. Test split, the converged grid's evaluation."""
     converged = digits_converged_grid()
     candidates = digits_teacher_candidates_grid()
     label = candidate or strongest_teacher(candidates["results"])
@@ -444,7 +444,7 @@ def digits_strong_teacher_grid(seeds: tuple = (0, 1, 2), candidate: str | None =
                     f"{teachers['robust']['config'].train.epochs} epochs (the strongest candidate on validation)",
             "results": "experiments/results/digits_strong_teacher", "teachers": {"digits": teachers},
             "workdir_names": {m: f"{m}_strong_teacher" for m in methods}, "compare_with": (),
-            "reference": "pgd_at"}
+            "reference": "pgd_at", "borrowed": {"pgd_at": converged["results"]}}
 
 
 # SA-MDRAD's options of methods.md §2, each varied alone from the default (issue: defaults settled by evidence).
@@ -566,7 +566,10 @@ def sa_mdrad_sweep_grid(epochs: int = 60) -> dict:
         "evaluate_teachers": None,     # validation only: the converged grid evaluates the teachers on test
         # The sweep's 'sa_mdrad' is SWEEP_BASE in the runs' original directories, whatever directory the
         # converged grid gives its SA-MDRAD once the defaults change.
-        "workdir_names": {},
+        # PGD-AT in its own directories: the converged grid's PGD-AT seeds 0-1 were trained on another
+        # machine (their workdirs are gone, their test results committed); training them again into the
+        # converged grid's directories would put a second run of the same config there.
+        "workdir_names": {"pgd_at": "pgd_at_sweep"},
         "sweep": {"base": "sa_mdrad", "defaults": {o: defaults[o] for o in SA_MDRAD_SWEEP}},
         "evaluation_dir": "evaluation_validation",
         "evaluation": {"attacks": ("clean", "pgd20"), "n_points": 287, "eps": converged["evaluation"]["eps"],
@@ -617,7 +620,7 @@ def sa_mdrad_ablation_grid(seeds: tuple = (0, 1, 2)) -> dict:
     """SA-MDRAD's ablations (sa_mdrad_recipes.ABLATIONS: each removes one component from the current
     defaults) on the converged digits protocol and its teachers, evaluated on the TEST split like the
     converged grid (the table the paper's ablation section would hold). Labels 'sa_mdrad~<ablation>';
-    'sa_mdrad' is the converged grid's own SA-MDRAD run (same workdir, same config); the report's paired
+    'sa_mdrad' is the converged grid's own SA-MDRAD run (`borrowed`: its committed evaluation); the report's paired
     differences are to it."""
     from sa_mdrad_jax.methods.sa_mdrad_recipes import ABLATIONS
     converged = digits_converged_grid()
@@ -631,7 +634,7 @@ def sa_mdrad_ablation_grid(seeds: tuple = (0, 1, 2)) -> dict:
 
     return {**converged, "name": "SA-MDRAD ablations from its defaults, digits, 60 epochs, test split",
             "results": ABLATION_RESULTS, "methods": labels, "seeds": tuple(seeds), "base_config": base_config,
-            "label_overrides": {}, "compare_with": (), "reference": "sa_mdrad",
+            "label_overrides": {}, "compare_with": (), "reference": "sa_mdrad", "borrowed": {"sa_mdrad": converged["results"]},
             "teacher_snapshots": f"{converged['results']}/teachers", "evaluate_teachers": None}
 
 

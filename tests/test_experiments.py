@@ -147,6 +147,60 @@ def test_reuse_results_keeps_committed_runs_of_the_same_settings_and_config(tmp_
     assert grid.committed_result(g, run, grid.run_config(g, run)) is not None
 
 
+
+def test_committed_results_stand_over_a_rerun_and_borrowed_runs_are_never_trained(tmp_path):
+    """Under reuse_results a committed result is kept even where another grid trained the same run
+    again into the shared workdir; a borrowed label's runs come from their owner's results only."""
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        return {"step": 20}
+
+    def eval_with(value):
+        def fake_eval(workdir, *, out_dir, **kw):
+            rec = _record({a: value for a in kw["attack_names"]})
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+                json.dump(rec, f)
+            return rec
+        return fake_eval
+
+    quiet = lambda m: None  # noqa: E731
+    owner = _tiny_grid(tmp_path)
+    owner["methods"], owner["evaluation"] = ("pgd_at",), {**EVAL, "n_points": 50}
+    grid.run_grid(owner, train_fn=fake_train, evaluate_fn=eval_with(0.5), log=quiet)
+    committed = {r.file_stem: open(os.path.join(owner["results"], "evaluations", r.file_stem + ".json")).read()
+                 for r in grid.expand(owner)}
+    # Another grid shares the runs' workdirs and re-trains one (its workdir was gone): the owner, resumed
+    # with reuse_results, keeps and does not overwrite its committed result.
+    import shutil
+    run0 = grid.expand(owner)[0]
+    shutil.rmtree(run0.workdir)
+    grid.train_run(run0.workdir, grid.run_config(owner, run0), fake_train, quiet)
+    grid.evaluate_run(run0.workdir, owner["evaluation"], eval_with(0.9), quiet)
+    calls.clear()
+    grid.run_grid(owner, train_fn=fake_train, evaluate_fn=eval_with(0.9), log=quiet, reuse_results=True)
+    assert calls == []
+    for stem, text in committed.items():
+        assert open(os.path.join(owner["results"], "evaluations", stem + ".json")).read() == text
+    # A borrowing grid: its own label trains, the borrowed one is copied from the owner's results.
+    borrower = {**owner, "root": str(tmp_path / "borrower_runs"), "results": str(tmp_path / "borrower"),
+                "methods": ("pgd_at", "natural"), "borrowed": {"pgd_at": owner["results"]}}
+    calls.clear()
+    grid.run_grid(borrower, train_fn=fake_train, evaluate_fn=eval_with(0.7), log=quiet)
+    assert sorted(calls) == sorted([grid.teacher_workdir(borrower, "digits", "t")] +
+                                   [r.workdir for r in grid.expand(borrower) if r.method == "natural"])
+    for stem, text in committed.items():
+        assert open(os.path.join(borrower["results"], "evaluations", stem + ".json")).read() == text
+    # Other evaluation settings than the owner's committed ones: refused, naming the owner, nothing trained.
+    calls.clear()
+    other = {**borrower, "evaluation": {**borrower["evaluation"], "n_points": 40}}
+    with pytest.raises(config_lib.ConfigError, match="borrowed from the grid whose results are"):
+        grid.run_grid(other, train_fn=fake_train, evaluate_fn=eval_with(0.7), log=quiet)
+    assert calls == []
+
 def test_teacher_snapshot_restores_the_same_weights_and_results_follow_their_teachers(tmp_path):
     """On a new machine the teachers come back bit for bit from the results directory (a re-training
     there would differ by float rounding); a result distilled from other teacher weights is not kept."""
@@ -636,9 +690,10 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
     default = grid_presets.SWEEP_BASE
     runs = {r.method: r for r in grid.expand(sweep) if r.seed == 0}
     base = grid._config_json(grid.run_config(sweep, runs["sa_mdrad"]))
-    # PGD-AT's validation numbers come from the converged grid's own PGD-AT runs (same workdir, same config).
+    # PGD-AT: the converged grid's config, in its own directories (the converged grid's first PGD-AT
+    # seeds survive only as committed test results; a second run must not land in its workdirs).
     pgd_at = [r for r in grid.expand(converged) if r.method == "pgd_at" and r.seed == 0][0]
-    assert runs.pop("pgd_at").workdir == pgd_at.workdir
+    assert runs.pop("pgd_at").workdir == pgd_at.workdir.replace("/pgd_at/", "/pgd_at_sweep/")
     assert grid._config_json(grid.run_config(sweep, grid.expand(sweep)[-1])) == grid._config_json(
         grid.run_config(converged, [r for r in grid.expand(converged) if r.method == "pgd_at" and r.seed == 2][0]))
     for label, run in runs.items():
@@ -700,7 +755,7 @@ def test_ablation_grid_removes_one_component_each_from_the_converged_sa_mdrad_ru
     converged = grid.load_grid("experiments/grids/digits_converged.py")
     same = next(r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0)
     runs = {r.method: r for r in grid.expand(g) if r.seed == 0}
-    assert runs["sa_mdrad"].workdir == same.workdir
+    assert runs["sa_mdrad"].workdir == same.workdir and g["borrowed"] == {"sa_mdrad": converged["results"]}
     base = grid._config_json(grid.run_config(converged, same))
     assert grid._config_json(grid.run_config(g, runs["sa_mdrad"])) == base
     assert set(runs) == {"sa_mdrad"} | {f"sa_mdrad~{n}" for n in ABLATIONS}
@@ -843,8 +898,9 @@ def test_strong_teacher_is_chosen_on_validation_and_replaces_only_the_robust_tea
     for run in grid.expand(strong):
         theirs = same[(run.method, run.seed)]
         ours_cfg, their_cfg = grid.run_config(strong, run), grid.run_config(converged, theirs)
-        if run.method == "pgd_at":
-            assert run.workdir == theirs.workdir and grid._config_json(ours_cfg) == grid._config_json(their_cfg)
+        if run.method == "pgd_at":      # borrowed: the converged grid's committed test results
+            assert strong["borrowed"] == {"pgd_at": converged["results"]}
+            assert grid._config_json(ours_cfg) == grid._config_json(their_cfg)
             continue
         assert run.workdir != theirs.workdir
         assert ours_cfg.teachers.robust.workdir == winner.workdir

@@ -6,7 +6,10 @@ split is not read.
   python experiments/run_grid.py --grid=experiments/grids/sa_mdrad_sweep.py
 
 Labels are 'sa_mdrad@<option>=<value>' ('sa_mdrad' = the defaults). The SA-MDRAD default runs are the
-digits_converged grid's own sa_mdrad runs (same root, same config): they are trained once.
+digits_converged grid's own sa_mdrad runs (same root, same config): they are trained once. PGD-AT (the
+clean-accuracy bar a new default must not fall below) trains in its own `pgd_at_sweep` directories:
+the converged grid's PGD-AT seeds 0-1 were trained on an earlier machine and only their test results
+survive, which a validation-split sweep cannot use.
 """
 from sa_mdrad_jax.grid_presets import sa_mdrad_sweep_grid
 
