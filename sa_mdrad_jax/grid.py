@@ -525,7 +525,11 @@ def collect_teachers(grid: dict) -> None:
                 paths.makedirs(paths.join(grid["results"], "teachers"))
                 paths.copy(metrics, paths.join(grid["results"], "teachers", f"{dataset}_{name}.jsonl"))
             record = paths.join(workdir, evaluation_dir(grid), "evaluation.json")
-            if teacher_evaluation(grid) is not None and paths.exists(record):
+            evaluation = teacher_evaluation(grid)
+            # Only an evaluation with the grid's teacher settings (a validation-only grid sharing the
+            # teachers of a test-split grid must not publish their test numbers).
+            if evaluation is not None and paths.exists(record) and evaluation_matches(
+                    json.loads(paths.read_text(record)), evaluation, step=None):
                 paths.makedirs(paths.join(grid["results"], "teachers"))
                 paths.copy(record, teacher_evaluation_path(grid, dataset, name))
 

@@ -376,6 +376,7 @@ def digits_epochs_check_grid(epochs: int = 60, methods=None, seeds: tuple = (0,)
     grid.pop("compare_with")
     grid["evaluation"] = {**grid["evaluation"], "attacks": ("clean", "pgd20"), "n_points": 287,
                           "split": "validation", "batch_size": 287}
+    grid["evaluate_teachers"] = None   # validation only: the converged grid evaluates the teachers on test
     return grid
 
 

@@ -339,6 +339,14 @@ def test_teachers_are_evaluated_on_the_checkpoint_students_load_and_reported(tmp
     table = grid_report.teacher_table(g["results"])
     assert table.splitlines()[-1] == f"| digits_t | resnet_tiny ×1 | {step} | 25.00 | 25.00 |"
     assert "| teacher | model | step | Clean | PGD-20 |" in table
+    # A grid sharing the teacher with other evaluation settings (a validation-only check) does not
+    # publish the evaluation it finds in the teacher's workdir.
+    other = {**g, "results": str(tmp_path / "validation_only"), "evaluate_teachers": None}
+    grid.collect_teachers(other)
+    assert not os.path.exists(grid.teacher_evaluation_path(other, "digits", "t"))
+    other["evaluate_teachers"] = {"attacks": ("clean",)}
+    grid.collect_teachers(other)
+    assert not os.path.exists(grid.teacher_evaluation_path(other, "digits", "t"))
     # A new machine (the evaluation gone from the workdir): the committed one of the same step is kept.
     import shutil
     shutil.rmtree(os.path.join(workdir, grid.EVAL_DIR))
