@@ -531,7 +531,10 @@ def collect_teachers(grid: dict) -> None:
             if evaluation is not None and paths.exists(record) and evaluation_matches(
                     json.loads(paths.read_text(record)), evaluation, step=None):
                 paths.makedirs(paths.join(grid["results"], "teachers"))
-                paths.copy(record, teacher_evaluation_path(grid, dataset, name))
+                published = json.loads(paths.read_text(record))
+                published.pop("checkpoint", None)   # an absolute path on the machine that ran it
+                paths.write_text(teacher_evaluation_path(grid, dataset, name),
+                                 json.dumps(published, indent=2, default=float))
 
 
 LOCK_FILE = workdir_lock.LOCK_FILE

@@ -383,6 +383,22 @@ def digits_epochs_check_grid(epochs: int = 60, methods=None, seeds: tuple = (0,)
 TEACHER_CANDIDATE_RESULTS = "experiments/results/digits_teacher_candidates"
 
 
+def validation_records(results_dir: str, grid_file: str, keep=lambda label: True) -> list[dict]:
+    """The committed evaluation records of `results_dir` whose label passes `keep`, for a choice made
+    on them: a ConfigError naming `grid_file` when there are none, and one when any record is of
+    another split than validation (choices never read the test split)."""
+    from sa_mdrad_jax import grid_report
+    records = grid_report.load_records(results_dir) if paths.exists(results_dir) else []
+    records = [r for r in records if keep(r["run"]["method"])]
+    if not records:
+        raise config_lib.ConfigError(f"No results in {results_dir}: run "
+                                     f"`python experiments/run_grid.py --grid={grid_file}` first.")
+    if any(r.get("split") != "validation" for r in records):
+        raise config_lib.ConfigError(f"{results_dir} holds results of another split than validation: choices are "
+                                     "made on the validation split only.")
+    return records
+
+
 def digits_teacher_candidates_grid(epochs: int = 60) -> dict:
     """Could digits have a robust teacher stronger than the PGD-AT student? The converged grid's
     robust teacher (PGD-AT, 40 epochs) is below the student's own PGD-AT on both splits. Candidates,
@@ -410,18 +426,9 @@ def digits_teacher_candidates_grid(epochs: int = 60) -> dict:
 
 def strongest_teacher(results_dir: str = TEACHER_CANDIDATE_RESULTS, score: str = "pgd20") -> str:
     """The candidate label whose best-validation checkpoint has the highest validation `score`
-    (ties: the first in label order). Reads only the validation split."""
-    from sa_mdrad_jax import grid_report
-    records = grid_report.load_records(results_dir) if paths.exists(results_dir) else []
-    if not records:
-        raise config_lib.ConfigError(
-            f"No robust-teacher candidates in {results_dir}: run "
-            "`python experiments/run_grid.py --grid=experiments/grids/digits_teacher_candidates.py` first.")
-    if any(r.get("split") != "validation" for r in records):
-        raise config_lib.ConfigError(f"{results_dir} holds results of another split than validation: the "
-                                     "teacher is chosen on the validation split only.")
-    best = max(records, key=lambda r: (r["accuracy"][score], -records.index(r)))
-    return best["run"]["method"]
+    (ties: the first record). Reads only the validation split."""
+    records = validation_records(results_dir, "experiments/grids/digits_teacher_candidates.py")
+    return max(records, key=lambda r: r["accuracy"][score])["run"]["method"]   # max keeps the first of ties
 
 
 def digits_strong_teacher_grid(seeds: tuple = (0, 1, 2), candidate: str | None = None) -> dict:
@@ -506,14 +513,8 @@ def combined_label(overrides: dict) -> str:
 def sweep_ranking(results_dir: str, score: str = "pgd20") -> list[tuple[str, float, float]]:
     """(label, mean `score`, mean clean) of every SA-MDRAD label of a sweep's committed validation
     results, best `score` first. Reads only what the sweep evaluated: the validation split."""
-    from sa_mdrad_jax import grid_report
-    records = [r for r in grid_report.load_records(results_dir) if r["run"]["method"].startswith("sa_mdrad")]
-    if not records:
-        raise config_lib.ConfigError(f"No sweep results in {results_dir}: run "
-                                     "`python experiments/run_grid.py --grid=experiments/grids/sa_mdrad_sweep.py` first.")
-    if any(r.get("split") != "validation" for r in records):
-        raise config_lib.ConfigError(f"{results_dir} holds results of another split than validation: choices are "
-                                     "made on the validation split only.")
+    records = validation_records(results_dir, "experiments/grids/sa_mdrad_sweep.py",
+                                 keep=lambda label: label.startswith("sa_mdrad"))
     by_label: dict = {}
     for r in records:
         by_label.setdefault(r["run"]["method"], []).append((r["accuracy"][score], r["accuracy"]["clean"]))

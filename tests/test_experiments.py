@@ -335,7 +335,14 @@ def test_teachers_are_evaluated_on_the_checkpoint_students_load_and_reported(tmp
     assert calls[0]["attack_names"] == ("clean", "pgd20") and calls[0]["n_points"] == EVAL["n_points"]
     grid.evaluate_teachers(g, fake_eval, quiet)
     assert len(calls) == 1                                  # evaluated once
+    with open(os.path.join(workdir, grid.EVAL_DIR, "evaluation.json")) as f:
+        local = json.load(f)
+    local["checkpoint"] = workdir
+    with open(os.path.join(workdir, grid.EVAL_DIR, "evaluation.json"), "w") as f:
+        json.dump(local, f)
     grid.collect_teachers(g)
+    with open(grid.teacher_evaluation_path(g, "digits", "t")) as f:
+        assert "checkpoint" not in json.load(f)             # no machine-local path in the results
     table = grid_report.teacher_table(g["results"])
     assert table.splitlines()[-1] == f"| digits_t | resnet_tiny ×1 | {step} | 25.00 | 25.00 |"
     assert "| teacher | model | step | Clean | PGD-20 |" in table
