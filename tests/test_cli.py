@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -194,3 +195,24 @@ def test_compilation_cache_dir_flag_sets_jax_config(tmp_path, monkeypatch, capsy
         assert jax.config.jax_compilation_cache_dir is None
     finally:
         cli.configure_compilation_cache(before or "")
+
+
+def test_persistent_compilation_cache_is_written_and_reused(tmp_path):
+    """The suite runs without JAX's persistent cache (conftest.py); here the CLI's default cache
+    ($XDG_CACHE_HOME/sa_mdrad_jax/jax_cache) is on: the first run writes its programs there and a second
+    run of the same config loads them instead of compiling, with the same result."""
+    env = {"JAX_ENABLE_COMPILATION_CACHE": "true", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_LOGGING_LEVEL": "DEBUG"}
+    cache = tmp_path / "xdg" / "sa_mdrad_jax" / "jax_cache"
+    runs = []
+    for name in ("first", "second"):
+        proc = run_cli("train", f"--config={TINY_CONFIG}", "--config.train.max_steps=2",
+                       "--config.train.epochs=1", f"--workdir={tmp_path / name}", env=env)
+        runs.append(set(re.findall(r"Persistent compilation cache hit for '[^']*' with key '([^']*)'", proc.stderr)))
+        if name == "first":
+            written = {p.name.removesuffix("-cache") for p in cache.iterdir() if p.name.startswith("jit_")}
+            assert written, f"nothing was written to {cache}"
+    # The first run compiled everything; the second loaded every program the first one wrote.
+    assert runs[0] == set() and runs[1] == written, (len(runs[0]), len(runs[1] ^ written))
+    assert_trees_equal(final_params(str(tmp_path / "first"))["params"],
+                       final_params(str(tmp_path / "second"))["params"])
