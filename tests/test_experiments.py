@@ -827,12 +827,12 @@ def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_pat
 
 
 def _write_sweep(results, means: dict, split="validation"):
-    """Validation records of labels {label: (clean, pgd20) per seed}."""
+    """Validation records of labels {label: (clean, pgd20[, autoattack]) per seed}."""
     os.makedirs(os.path.join(results, "evaluations"))
     for label, seeds in means.items():
-        for seed, (clean, pgd) in enumerate(seeds):
+        for seed, values in enumerate(seeds):
             stem = f"digits_resnet_tiny_{label}_seed{seed}"
-            rec = {"accuracy": {"clean": clean, "pgd20": pgd}, "split": split, "n_points": 287,
+            rec = {"accuracy": dict(zip(("clean", "pgd20", "autoattack"), values)), "split": split, "n_points": 287,
                    "run": {"dataset": "digits", "student": "resnet_tiny", "method": label, "seed": seed, "stem": stem}}
             with open(os.path.join(results, "evaluations", stem + ".json"), "w") as f:
                 json.dump(rec, f)
@@ -879,6 +879,41 @@ def test_factorial_and_finalists_are_chosen_from_the_validation_sweep_only(tmp_p
     with pytest.raises(config_lib.ConfigError, match="sa_mdrad_sweep.py"):
         grid_presets.sweep_ranking(str(tmp_path / "none"))
 
+
+
+def test_defaults_are_the_best_finalist_by_validation_autoattack_that_keeps_clean_accuracy_and_components(tmp_path):
+    from sa_mdrad_jax import grid_presets
+    fin = str(tmp_path / "finalists")
+    _write_sweep(fin, {"sa_mdrad": [(0.95, 0.50, 0.40), (0.95, 0.50, 0.40)],
+                       "sa_mdrad@tau=2": [(0.90, 0.70, 0.70), (0.92, 0.70, 0.70)],       # best, but clean < PGD-AT
+                       "sa_mdrad@rectify=none": [(0.96, 0.66, 0.62), (0.96, 0.60, 0.60)],  # 2nd: rectification off
+                       "sa_mdrad@gamma=1": [(0.97, 0.55, 0.5), (0.95, 0.61, 0.5)],
+                       "sa_mdrad@gamma=0.5": [(0.97, 0.57, 0.5), (0.95, 0.58, 0.5)],   # same AA: PGD-20 decides
+                       "pgd_at": [(0.96, 0.60, 0.55), (0.94, 0.62, 0.55)]})
+    chosen = grid_presets.chosen_defaults(fin)
+    assert chosen["label"] == "sa_mdrad@gamma=1" and chosen["better_variant"] == "sa_mdrad@rectify=none"
+    assert chosen["options"] == {**grid_presets.SWEEP_BASE, "gamma": 1.0}
+    assert chosen["bar"] == pytest.approx(0.95) and chosen["table"]["sa_mdrad@tau=2"]["autoattack"] == pytest.approx(0.70)
+    assert chosen["table"]["sa_mdrad@gamma=1"]["seeds"] == [0, 1]
+    # Clean accuracy is compared over the seeds both have: PGD-AT's seed 1 alone sets the bar for a
+    # one-seed finalist.
+    one = str(tmp_path / "one_seed")
+    _write_sweep(one, {"sa_mdrad@tau=2": [(0.93, 0.7, 0.7)], "sa_mdrad": [(0.93, 0.5, 0.4)],
+                       "pgd_at": [(0.92, 0.6, 0.5), (0.99, 0.6, 0.5)]})
+    assert grid_presets.chosen_defaults(one)["label"] == "sa_mdrad@tau=2"
+    # No eligible finalist, or PGD-AT missing: an error that says why, never a silent pick.
+    low = str(tmp_path / "low")
+    _write_sweep(low, {"sa_mdrad": [(0.80, 0.5, 0.4)], "pgd_at": [(0.95, 0.6, 0.5)]})
+    with pytest.raises(config_lib.ConfigError, match="clean"):
+        grid_presets.chosen_defaults(low)
+    no_ref = str(tmp_path / "no_ref")
+    _write_sweep(no_ref, {"sa_mdrad": [(0.80, 0.5, 0.4)]})
+    with pytest.raises(config_lib.ConfigError, match="PGD-AT"):
+        grid_presets.chosen_defaults(no_ref)
+    test_split = str(tmp_path / "test_split")
+    _write_sweep(test_split, {"sa_mdrad": [(0.9, 0.5, 0.4)], "pgd_at": [(0.9, 0.5, 0.4)]}, split="test")
+    with pytest.raises(config_lib.ConfigError, match="validation"):
+        grid_presets.chosen_defaults(test_split)
 
 
 def test_strong_teacher_is_chosen_on_validation_and_replaces_only_the_robust_teacher(tmp_path):
