@@ -146,6 +146,7 @@ def build_step(spec: dict):
     else:
         mcfg = config_lib.method_config(name)
         mcfg.steps = spec["pgd_steps"]
+        mcfg.update(spec.get("method_options") or {})   # e.g. an SA-MDRAD sweep value (bench_sa_mdrad_options.py)
         for term in terms:
             mcfg[term].enabled = True
         probe = make_method(mcfg, ("robust", "natural"))

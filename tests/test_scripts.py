@@ -26,6 +26,7 @@ FLAG_IN_HELP = {
     "parity_official_methods.py": "--official",
     "run_grid.py": "--grid",
     "claims.py": "--results",
+    "bench_sa_mdrad_options.py": "--rounds",
     "device_check.sh": "--dry_run",
 }
 
