@@ -22,7 +22,8 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
                                (e.g. {'autoattack': 1000} of n_points 10000)
   label_overrides              (optional) {method label: {dotted key: value}} for one label only (e.g.
                                'adaad+igdm' follows the IGDM scripts where they differ from AdaAD's)
-  evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation')
+  evaluation_dir               (optional) the runs' subdirectory for this evaluation ('evaluation' for the
+                               test split, 'evaluation_<split>' for another)
   sweep                        (optional) {'base': label, 'defaults': {option: value}}: the labels are
                                'base@option=value', one option changed each; the report adds a table and
                                a plot per option (grid_report.option_sweep_table)
@@ -358,9 +359,13 @@ def evaluate_run(workdir: str, evaluation: dict, evaluate_fn: Callable | None = 
 
 
 def evaluation_dir(grid: dict) -> str:
-    """Where in each run's workdir this grid's evaluation lives: `evaluation_dir` (default
-    'evaluation'), so two grids over the same runs with different evaluations keep both."""
-    return grid.get("evaluation_dir", EVAL_DIR)
+    """Where in each run's workdir this grid's evaluation lives: `evaluation_dir`, else 'evaluation'
+    for the test split and 'evaluation_<split>' for another, so that two grids over the same runs
+    with different evaluations keep both. A validation grid that shares a run with a test grid
+    (the teacher candidates' winner is the strong-teacher grid's teacher) never finds the other's
+    record in its place."""
+    split = grid.get("evaluation", {}).get("split", "test")
+    return grid.get("evaluation_dir", EVAL_DIR if split == "test" else f"{EVAL_DIR}_{split}")
 
 
 def teacher_runs(grid: dict) -> list[tuple[str, str, str, ml_collections.ConfigDict]]:

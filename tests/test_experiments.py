@@ -308,6 +308,19 @@ def test_a_second_evaluation_dir_keeps_both_evaluations(tmp_path):
         assert list(json.load(f)["accuracy"]) == ["clean", "autoattack"]
 
 
+
+def test_evaluations_of_another_split_live_in_their_own_directory():
+    """A validation grid and a test grid sharing a run (the teacher candidates' winner is the
+    strong-teacher grid's teacher) keep their records apart unless a grid names its directory."""
+    assert grid.evaluation_dir({"evaluation": {**EVAL, "split": "test"}}) == grid.EVAL_DIR
+    assert grid.evaluation_dir({"evaluation": EVAL}) == grid.EVAL_DIR
+    assert grid.evaluation_dir({"evaluation": {**EVAL, "split": "validation"}}) == "evaluation_validation"
+    assert grid.evaluation_dir({"evaluation": {**EVAL, "split": "validation"},
+                                "evaluation_dir": "evaluation_validation_autoattack"}) == "evaluation_validation_autoattack"
+    from sa_mdrad_jax import grid_presets
+    assert grid.evaluation_dir(grid_presets.digits_teacher_candidates_grid()) == "evaluation_validation"
+    assert grid.evaluation_dir(grid_presets.digits_strong_teacher_grid(candidate="pgd_at")) == grid.EVAL_DIR
+
 def test_teachers_are_evaluated_on_the_checkpoint_students_load_and_reported(tmp_path, monkeypatch):
     g = _tiny_grid(tmp_path)
     workdir = grid.teacher_workdir(g, "digits", "t")
@@ -366,7 +379,7 @@ def test_teachers_are_evaluated_on_the_checkpoint_students_load_and_reported(tmp
     assert grid_report.teacher_table(str(tmp_path / "nothing")) is None
 
 
-def _write_results(results, accs_by_method: dict, with_metrics=True):
+def _write_results(results, accs_by_method: dict, with_metrics=True, split=None):
     os.makedirs(os.path.join(results, "evaluations"))
     os.makedirs(os.path.join(results, "metrics"))
     for method, per_seed in accs_by_method.items():
@@ -374,6 +387,8 @@ def _write_results(results, accs_by_method: dict, with_metrics=True):
             stem = f"digits_resnet_tiny_{method}_seed{seed}"
             rec = _record(acc, run={"dataset": "digits", "student": "resnet_tiny", "method": method,
                                     "seed": seed, "stem": stem})
+            if split:
+                rec["split"] = split
             with open(os.path.join(results, "evaluations", stem + ".json"), "w") as f:
                 json.dump(rec, f)
             if with_metrics:
@@ -804,7 +819,7 @@ def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_pat
     _write_results(results, {"sa_mdrad": [val(0.90, 0.50), val(0.92, 0.54)],
                              "sa_mdrad@tau=2": [val(0.91, 0.55), val(0.93, 0.57)],
                              "sa_mdrad@gamma=1": [val(0.80, 0.40)],
-                             "pgd_at": [val(0.95, 0.60), val(0.95, 0.62)]})
+                             "pgd_at": [val(0.95, 0.60), val(0.95, 0.62)]}, split="validation")
     # Throughput: the first train record (compilation) is left out of the median.
     stem = os.path.join(results, "metrics", "digits_resnet_tiny_sa_mdrad@tau=2_seed0.jsonl")
     with open(stem, "w") as f:
@@ -824,6 +839,12 @@ def test_option_sweep_report_rows_paired_differences_throughput_and_plot(tmp_pat
     assert body[0][4] == "–" and body[3][5:] == ["9", "1 |"]
     assert os.path.exists(os.path.join(results, "option_sweep.png"))
     assert "The papers' claims" not in text and "Convergence" not in text and "Paired difference to PGD-AT" in text
+    # A validation grid that is not a sweep (factorial, finalists, teacher candidates) has no claims
+    # table either: claims are read on the test split; the same runs as test results have one.
+    assert "The papers' claims" not in grid_report.write_report(results, title="S")
+    test_results = str(tmp_path / "test_results")
+    _write_results(test_results, {"sa_mdrad": [val(0.90, 0.50)], "pgd_at": [val(0.95, 0.60)]}, split="test")
+    assert "The papers' claims" in grid_report.write_report(test_results, title="S")
 
 
 def _write_sweep(results, means: dict, split="validation"):
