@@ -660,6 +660,31 @@ def chosen_defaults(finalists_results: str = FINALISTS_RESULTS, score: str = "au
             "bar": table[label]["bar"]}
 
 
+CHOSEN_RESULTS = "experiments/results/sa_mdrad_chosen"
+
+
+def sa_mdrad_chosen_grid(seeds: tuple = (0, 1, 2, 3, 4), finalists_results: str = FINALISTS_RESULTS) -> dict:
+    """The configuration `chosen_defaults` picked on validation, evaluated once on the TEST split
+    beside the converged grid's methods: the converged protocol and evaluation, 5 seeds. Its label
+    ('sa_mdrad@gamma=1', ...) is the sweep's or factorial's own: seeds 0-2 are their runs (same config
+    and directory; only the test evaluation is new), seeds 3-4 train here. Every method of the
+    converged grid, the first-guess SA-MDRAD included, is `borrowed` (their committed test results)."""
+    converged = digits_converged_grid()
+    sweep = sa_mdrad_sweep_grid()
+    label = chosen_defaults(finalists_results)["label"]
+    borrowed = {m: converged["results"] for m in converged["methods"]}
+
+    def base_config(method, dataset, student):
+        return sweep["base_config"](method, dataset, student) if method == label else \
+            converged["base_config"](method, dataset, student)
+
+    return {**converged, "name": f"SA-MDRAD's validation choice ({label.partition('@')[2]}) on the test split, "
+                                 "beside the converged digits grid",
+            "results": CHOSEN_RESULTS, "methods": (label,) + tuple(converged["methods"]), "seeds": tuple(seeds),
+            "base_config": base_config, "borrowed": borrowed, "compare_with": (), "reference": "pgd_at",
+            "workdir_names": {}, "teacher_snapshots": f"{converged['results']}/teachers", "evaluate_teachers": None}
+
+
 ABLATION_RESULTS = "experiments/results/sa_mdrad_ablations"
 
 
