@@ -937,6 +937,28 @@ def test_defaults_are_the_best_finalist_by_validation_autoattack_that_keeps_clea
         grid_presets.chosen_defaults(test_split)
 
 
+
+def test_chosen_configuration_is_tested_in_the_sweep_runs_beside_the_borrowed_converged_methods(tmp_path):
+    from sa_mdrad_jax import grid_presets
+    fin = str(tmp_path / "finalists")
+    _write_sweep(fin, {"sa_mdrad": [(0.95, 0.50, 0.40)], "sa_mdrad@tau=2": [(0.96, 0.70, 0.70)],
+                       "pgd_at": [(0.95, 0.60, 0.55)]})
+    chosen = grid_presets.sa_mdrad_chosen_grid(finalists_results=fin)
+    converged, sweep = grid_presets.digits_converged_grid(), grid_presets.sa_mdrad_sweep_grid()
+    assert chosen["methods"] == ("sa_mdrad@tau=2",) + tuple(converged["methods"])
+    assert chosen["borrowed"] == {m: converged["results"] for m in converged["methods"]}
+    assert chosen["evaluation"] == converged["evaluation"] and grid.evaluation_dir(chosen) == grid.EVAL_DIR
+    assert chosen["seeds"] == (0, 1, 2, 3, 4) and chosen["results"] not in (converged["results"], sweep["results"])
+    # Seeds 0-2 are the sweep's runs: the same directory and config, evaluated again on another split.
+    mine = {r.seed: r for r in grid.expand(chosen) if r.method == "sa_mdrad@tau=2"}
+    theirs = {r.seed: r for r in grid.expand(sweep) if r.method == "sa_mdrad@tau=2"}
+    assert sorted(theirs) == [0, 1, 2] and sorted(mine) == [0, 1, 2, 3, 4]
+    for seed in theirs:
+        assert mine[seed].workdir == theirs[seed].workdir
+        assert grid._config_json(grid.run_config(chosen, mine[seed])) == grid._config_json(grid.run_config(sweep, theirs[seed]))
+    assert grid.run_config(chosen, mine[3]).method.tau == 2.0
+    assert grid.evaluation_dir(sweep) != grid.evaluation_dir(chosen)
+
 def test_strong_teacher_is_chosen_on_validation_and_replaces_only_the_robust_teacher(tmp_path):
     from sa_mdrad_jax import grid_presets
     candidates = grid_presets.digits_teacher_candidates_grid()
