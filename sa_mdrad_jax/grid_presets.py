@@ -653,8 +653,7 @@ def chosen_defaults(finalists_results: str = FINALISTS_RESULTS, score: str = "au
     if label is None:
         raise config_lib.ConfigError(f"Every eligible finalist in {finalists_results} switches off rectification "
                                      "or adaptive fusion: evaluate one that keeps them on.")
-    better = next((l for l in eligible if l != label and paper_off(l) and eligible.index(l) < eligible.index(label)),
-                  None)
+    better = eligible[0] if eligible[0] != label else None   # ranked above it only if it switches one off
     options = {**SWEEP_BASE, **sweep_overrides(label)}
     return {"label": label, "options": options, "better_variant": better, "table": table,
             "bar": table[label]["bar"]}
