@@ -45,6 +45,8 @@ A grid file is a Python module with `get_grid()` returning a dict (see experimen
   compare_with                 (optional) [{'results': dir, 'title': str, 'labels': (theirs, ours)}, optionally
                                'methods': (...)]: tables.md also compares these runs (of those methods) with
                                the same runs of that results directory
+  claims                       (optional, default True) False leaves the papers' claims out of the report
+                               (a test-split grid whose labels are not the methods the claims name)
 
 `run_grid` trains every run (skipping finished ones, resuming unfinished ones — the loop resumes
 from the workdir's checkpoints), evaluates each finished run once (`<workdir>/evaluation/`,
@@ -594,7 +596,8 @@ def write_report(grid: dict, runs: list[Run] | None = None, kept: frozenset = fr
     collect_teachers(grid)
     return grid_report.write_report(grid["results"], title=grid["name"], methods=list(grid["methods"]),
                                     evaluation=grid["evaluation"], compare_with=grid.get("compare_with", ()),
-                                    sweep=grid.get("sweep"), reference=grid.get("reference", "pgd_at"))
+                                    sweep=grid.get("sweep"), reference=grid.get("reference", "pgd_at"),
+                                    claims=grid.get("claims", True))
 
 
 def run_grid(grid: dict, *, only: str = "", train_fn=None, evaluate_fn=None, log: Callable = print,

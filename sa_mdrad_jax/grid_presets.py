@@ -319,6 +319,10 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
         name=f"digits (8×8), resnet_tiny student, {epochs} epochs (teachers {teacher_epochs}), best validation checkpoint",
         root="workdir/grids/digits_converged", results="experiments/results/digits_converged")
     grid["evaluate_teachers"] = {}     # the teachers as the students: what a distilled student can reach
+    # SA-MDRAD's defaults are the validation choice gamma=1 (docs/sa_mdrad_defaults.md): its runs are
+    # the ones of that label (the sweep's seeds 0-2, sa_mdrad_chosen.py's 3-4: the same config and
+    # directory); the first guess's runs stay in 'sa_mdrad', the sweep's base.
+    grid["workdir_names"] = {"sa_mdrad": "sa_mdrad@gamma=1"}
     from sa_mdrad_jax.methods import method_names
     # The rolled runs were made on the first machine; of this grid's runs only the teacher-free ones are
     # from that machine too (the distillation pairs are in experiments/results/digits_converged_machine1).
@@ -328,6 +332,8 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
                                       "the PGD loop rolled, then unrolled (same machine)"},
                             {"results": "experiments/results/digits_converged_machine1",
                              "labels": ("machine 1", "machine 2"),
+                             # SA-MDRAD's machine-1 run is of the first guess (gamma=0), not of this grid's config
+                             "methods": tuple(m for m in method_labels(paper_grid=True) if m != "sa_mdrad"),
                              "title": "How far another machine moves a number: distillation runs from the first "
                                       "machine's teachers, then from the same teacher configs re-trained on the second"},
                             {"results": "experiments/results/digits_converged_machine2_check",
@@ -478,6 +484,13 @@ SA_MDRAD_SWEEP = {
 SWEEP_BASE = {"gamma": 0.0, "attack_loss": "ce", "teacher_input_adv": "adv", "rectify": "swap", "weighting": "ca",
               "tau": 4.0, "kl_scale": 0.1, "lambda_adv": 5 / 6, "lambda_nat": 1 / 6, "beta": 1.0,
               "feature_distance": "mse", "feature_target": "nat", "feature_warmup_epochs": 1, "branch_weights": "fixed"}
+
+
+def first_guess_label() -> str:
+    """The sweep label of the first guess (SWEEP_BASE) relative to SA-MDRAD's current defaults:
+    'sa_mdrad@gamma=0' once gamma=1 is the default; 'sa_mdrad' while they agree."""
+    defaults = config_lib.method_config("sa_mdrad")
+    return combined_label({o: v for o, v in SWEEP_BASE.items() if defaults[o] != v})
 
 
 def sweep_label(option: str, value) -> str:
@@ -666,22 +679,26 @@ def sa_mdrad_chosen_grid(seeds: tuple = (0, 1, 2, 3, 4), finalists_results: str 
     """The configuration `chosen_defaults` picked on validation, evaluated once on the TEST split
     beside the converged grid's methods: the converged protocol and evaluation, 5 seeds. Its label
     ('sa_mdrad@gamma=1', ...) is the sweep's or factorial's own: seeds 0-2 are their runs (same config
-    and directory; only the test evaluation is new), seeds 3-4 train here. Every method of the
-    converged grid, the first-guess SA-MDRAD included, is `borrowed` (their committed test results)."""
+    and directory; only the test evaluation is new), seeds 3-4 train here. The first guess
+    (`first_guess_label()`, the sweep's base) keeps its converged-grid runs in their directory. Every
+    other method of the converged grid is `borrowed` (their committed test results)."""
     converged = digits_converged_grid()
     sweep = sa_mdrad_sweep_grid()
-    label = chosen_defaults(finalists_results)["label"]
-    borrowed = {m: converged["results"] for m in converged["methods"]}
+    label, first_guess = chosen_defaults(finalists_results)["label"], first_guess_label()
+    others = tuple(m for m in converged["methods"] if m != "sa_mdrad")   # 'sa_mdrad' is one of the two now
+    borrowed = {m: converged["results"] for m in others}
 
     def base_config(method, dataset, student):
-        return sweep["base_config"](method, dataset, student) if method == label else \
+        return sweep["base_config"](method, dataset, student) if method in (label, first_guess) else \
             converged["base_config"](method, dataset, student)
 
     return {**converged, "name": f"SA-MDRAD's validation choice ({label.partition('@')[2]}) on the test split, "
                                  "beside the converged digits grid",
-            "results": CHOSEN_RESULTS, "methods": (label,) + tuple(converged["methods"]), "seeds": tuple(seeds),
-            "base_config": base_config, "borrowed": borrowed, "compare_with": (), "reference": "pgd_at",
-            "workdir_names": {}, "teacher_snapshots": f"{converged['results']}/teachers", "evaluate_teachers": None}
+            "results": CHOSEN_RESULTS, "methods": tuple(dict.fromkeys((label, first_guess) + others)),
+            "seeds": tuple(seeds), "base_config": base_config, "borrowed": borrowed, "compare_with": (),
+            "reference": "pgd_at", "workdir_names": {first_guess: sweep["sweep"]["base"]},
+            "teacher_snapshots": f"{converged['results']}/teachers", "evaluate_teachers": None,
+            "claims": False}   # the converged grid reads the claims; here SA-MDRAD is two labels
 
 
 ABLATION_RESULTS = "experiments/results/sa_mdrad_ablations"

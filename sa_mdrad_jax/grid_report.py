@@ -525,12 +525,13 @@ def comparison_table(reference_dir: str, results_dir: str, labels: tuple[str, st
 
 def write_report(results_dir: str, *, title: str = "", methods: list[str] | None = None,
                  evaluation: dict | None = None, compare_with: list[dict] | tuple = (),
-                 sweep: dict | None = None, reference: str = "pgd_at") -> str:
+                 sweep: dict | None = None, reference: str = "pgd_at", claims: bool = True) -> str:
     """Writes tables.md, summary.json and the plots; returns the tables' Markdown. Each entry of
     `compare_with` ({'results': dir, 'title': str, 'labels': (reference, this)}) adds a
     `comparison_table` of that directory's runs against these. `sweep` ({'base', 'defaults'}: a
     one-option-at-a-time sweep) adds `option_sweep_table` and `option_sweep.png` in place of the
-    papers' claims, which compare methods, not options (and are read on test-split results only)."""
+    papers' claims, which compare methods, not options (and are read on test-split results only);
+    `claims=False` leaves them out."""
     records = load_records(results_dir)
     groups = aggregate(records)
     parts, summary = [], []
@@ -550,7 +551,7 @@ def write_report(results_dir: str, *, title: str = "", methods: list[str] | None
             parts.append(f"Paired difference to {name} over the same seeds (percentage points, mean ± standard "
                          "error):\n\n" + paired_table(subset, reference, methods))
         # The claims are read on the test split only: validation grids choose options and teachers.
-        if (any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1 and not sweep
+        if (claims and any(r["run"]["method"] == "pgd_at" for r in subset) and len(group) > 1 and not sweep
                 and first.get("split", "test") == "test"):
             parts.append("The papers' claims (a − b > 0 is the claim; 'holds' when the paired 95 % interval "
                          "is above 0, 'does not hold' when below, else inconclusive; with one seed the interval "

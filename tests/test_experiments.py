@@ -733,8 +733,11 @@ def test_sa_mdrad_sweep_varies_one_option_at_a_time_and_shares_the_default_runs(
         diff = {k for k, v in grid._config_json(config)["method"].items() if v != base["method"][k]}
         assert diff == set(changed) and all(changed[k] != default[k] for k in changed if k != "lambda_nat"), label
     assert len(runs) == 1 + sum(len(v) - 1 for v in grid_presets.SA_MDRAD_SWEEP.values())
+    # The converged grid's SA-MDRAD is the sweep's run of the chosen option (the defaults moved to it).
     same = [r for r in grid.expand(converged) if r.method == "sa_mdrad" and r.seed == 0][0]
-    assert same.workdir == runs["sa_mdrad"].workdir and grid._config_json(grid.run_config(converged, same)) == base
+    chosen = runs[grid_presets.chosen_defaults()["label"]]
+    assert same.workdir == chosen.workdir and grid._config_json(grid.run_config(converged, same)) == \
+        grid._config_json(grid.run_config(sweep, chosen))
     assert sweep["evaluation"]["split"] == "validation" and sweep["evaluation_dir"] != grid.EVAL_DIR
     # The teachers are evaluated on test by the converged grid, never by the validation sweep.
     assert grid.teacher_evaluation(sweep) is None
@@ -769,7 +772,8 @@ def test_sweep_is_pinned_to_the_defaults_it_varied_from(monkeypatch):
     monkeypatch.setattr(grid_presets, "digits_converged_grid",
                         lambda *a, **k: {**converged, "workdir_names": {"sa_mdrad": "sa_mdrad_v2"}})
     moved = next(r for r in grid.expand(grid_presets.digits_converged_grid()) if r.method == "sa_mdrad")
-    assert moved.workdir == sa.workdir.replace("/sa_mdrad/", "/sa_mdrad_v2/") and moved.file_stem == sa.file_stem
+    parent, _, seed_dir = sa.workdir.rsplit("/", 2)
+    assert moved.workdir == f"{parent}/sa_mdrad_v2/{seed_dir}" and moved.file_stem == sa.file_stem
     assert {r.workdir for r in grid.expand(grid_presets.sa_mdrad_sweep_grid())} == \
         {r.workdir for r in grid.expand(before)}
     after = grid_presets.sa_mdrad_sweep_grid()
@@ -945,8 +949,16 @@ def test_chosen_configuration_is_tested_in_the_sweep_runs_beside_the_borrowed_co
                        "pgd_at": [(0.95, 0.60, 0.55)]})
     chosen = grid_presets.sa_mdrad_chosen_grid(finalists_results=fin)
     converged, sweep = grid_presets.digits_converged_grid(), grid_presets.sa_mdrad_sweep_grid()
-    assert chosen["methods"] == ("sa_mdrad@tau=2",) + tuple(converged["methods"])
-    assert chosen["borrowed"] == {m: converged["results"] for m in converged["methods"]}
+    others = tuple(m for m in converged["methods"] if m != "sa_mdrad")
+    first_guess = grid_presets.first_guess_label()
+    assert first_guess == "sa_mdrad@gamma=0"             # the library default differs from it in gamma only
+    assert chosen["methods"] == ("sa_mdrad@tau=2", first_guess) + others
+    assert chosen["borrowed"] == {m: converged["results"] for m in others} and chosen["claims"] is False
+    # The first guess is the sweep's base: the same runs (directory and config) under a label of its own.
+    for mine, theirs in zip(sorted((r for r in grid.expand(chosen) if r.method == first_guess), key=lambda r: r.seed),
+                            sorted((r for r in grid.expand(sweep) if r.method == "sa_mdrad"), key=lambda r: r.seed)):
+        assert mine.workdir == theirs.workdir
+        assert grid._config_json(grid.run_config(chosen, mine)) == grid._config_json(grid.run_config(sweep, theirs))
     assert chosen["evaluation"] == converged["evaluation"] and grid.evaluation_dir(chosen) == grid.EVAL_DIR
     assert chosen["seeds"] == (0, 1, 2, 3, 4) and chosen["results"] not in (converged["results"], sweep["results"])
     # Seeds 0-2 are the sweep's runs: the same directory and config, evaluated again on another split.
@@ -958,6 +970,50 @@ def test_chosen_configuration_is_tested_in_the_sweep_runs_beside_the_borrowed_co
         assert grid._config_json(grid.run_config(chosen, mine[seed])) == grid._config_json(grid.run_config(sweep, theirs[seed]))
     assert grid.run_config(chosen, mine[3]).method.tau == 2.0
     assert grid.evaluation_dir(sweep) != grid.evaluation_dir(chosen)
+
+def test_sa_mdrad_defaults_are_the_committed_validation_choice_in_every_config():
+    """The library's SA-MDRAD defaults are what `chosen_defaults` picks from the committed finalists
+    (validation split), and every SA-MDRAD config — the CIFAR/Tiny-ImageNet recipes, the digits and
+    quickstart student, the converged grid — carries them; each ablation differs in its own options only."""
+    from sa_mdrad_jax import grid_presets, quickstart
+    from sa_mdrad_jax.config import method_config
+    from sa_mdrad_jax.methods.sa_mdrad_recipes import ABLATIONS, ablation_config, sa_mdrad_config
+    chosen = grid_presets.chosen_defaults()["options"]
+    assert chosen["gamma"] == 1.0 and chosen != grid_presets.SWEEP_BASE    # the committed choice moved a default
+    pick = lambda c: {k: c[k] for k in chosen}   # noqa: E731
+    assert pick(method_config("sa_mdrad")) == pytest.approx(chosen)
+    qs = quickstart.get_config()
+    configs = {"quickstart student": quickstart.student_config(qs, "sa_mdrad", {n: "t" for n in qs.teachers}),
+               "configs/sa_mdrad_digits.py": config_lib.load_config_file("configs/sa_mdrad_digits.py")}
+    for arg in ("cifar10,resnet18", "cifar100,mobilenetv2", "tiny_imagenet,resnet18"):
+        configs[f"configs/sa_mdrad.py:{arg}"] = sa_mdrad_config(arg)
+    converged = grid_presets.digits_converged_grid()
+    run = next(r for r in grid.expand(converged) if r.method == "sa_mdrad")
+    configs["digits_converged grid"] = grid.run_config(converged, run)
+    for name, c in configs.items():
+        assert pick(c.method) == pytest.approx(chosen), name
+    for name in ABLATIONS:
+        changed = {k for k, v in pick(ablation_config(name).method).items() if v != pytest.approx(chosen[k])}
+        assert changed <= {"rectify", "weighting", "beta", "kl_scale", "teacher_input_adv"}, (name, changed)
+
+
+def test_converged_sa_mdrad_runs_are_the_chosen_configurations_runs():
+    """After the switch the converged grid's 'sa_mdrad' is the validation choice's runs: seeds 0-2 the
+    sweep's (same directory, same config), 3-4 the chosen grid's; the sweep keeps the first guess."""
+    from sa_mdrad_jax import grid_presets
+    converged, sweep = grid_presets.digits_converged_grid(), grid_presets.sa_mdrad_sweep_grid()
+    chosen = grid_presets.sa_mdrad_chosen_grid()
+    label = grid_presets.chosen_defaults()["label"]
+    ours = {r.seed: r for r in grid.expand(converged) if r.method == "sa_mdrad"}
+    for other in (sweep, chosen):
+        for r in grid.expand(other):
+            if r.method == label:
+                assert ours[r.seed].workdir == r.workdir, r.name
+                assert grid._config_json(grid.run_config(converged, ours[r.seed])) == \
+                    grid._config_json(grid.run_config(other, r)), r.name
+    base = next(r for r in grid.expand(sweep) if r.method == "sa_mdrad" and r.seed == 0)
+    assert base.workdir != ours[0].workdir and grid.run_config(sweep, base).method.gamma == 0.0
+
 
 def test_strong_teacher_is_chosen_on_validation_and_replaces_only_the_robust_teacher(tmp_path):
     from sa_mdrad_jax import grid_presets

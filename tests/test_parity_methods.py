@@ -405,7 +405,7 @@ def test_sa_mdrad_outer_matches_pytorch(setup):
     per-teacher linear maps of its hidden layer (part of its parameters here), so the feature
     gradient is checked too."""
     config = method_config("sa_mdrad")
-    config.gamma = 0.3          # exercise the CE(s_adv) term too (default 0)
+    config.gamma = 0.3          # a value other than the default (1), to tell the CE(s_adv) weight apart
     method = make_method(config)
     tau, k = config.tau, config.kl_scale
     widths = [24, 20, 12]       # teacher hidden widths = their "feature maps" [B, 1, 1, width]

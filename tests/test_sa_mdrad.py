@@ -110,10 +110,10 @@ def test_weighting_and_temperature_options():
 
 
 def test_scales_branches_and_ce_term():
-    l1, terms = _loss()
-    l2, _ = _loss(kl_scale=0.2)
+    l1, terms = _loss(gamma=0.0)
+    l2, _ = _loss(kl_scale=0.2, gamma=0.0)
     assert float(l2) == pytest.approx(2 * float(l1), rel=1e-6)
-    l_adv_only, _ = _loss(lambda_adv=1.0, lambda_nat=0.0)
+    l_adv_only, _ = _loss(lambda_adv=1.0, lambda_nat=0.0, gamma=0.0)
     assert float(l_adv_only) == pytest.approx(float(terms["kl_adv"]), rel=1e-6)
     l_ce, t_ce = _loss(gamma=1.0)
     assert float(l_ce - l1) == pytest.approx(float(t_ce["ce_adv"]), rel=1e-6)

@@ -170,7 +170,7 @@ def outer_loss(*, s_adv: jax.Array, s_nat: jax.Array, t_adv: jax.Array, t_nat: j
                teacher_feats: list[jax.Array] | None = None, teacher_input_adv: str = "adv",
                weighting: str = "ca", weight_temperature: float = 1.0, rectify: str = "swap",
                rho: float = 0.5, tau: float = 4.0, kl_scale: float = 0.1, lambda_adv: float = 5 / 6,
-               lambda_nat: float = 1 / 6, beta: float = 1.0, gamma: float = 0.0,
+               lambda_nat: float = 1 / 6, beta: float = 1.0, gamma: float = 1.0,
                feature_distance_kind: str = "mse", feature_weight: jax.Array | float = 1.0):
     """L = λ_adv (L_KL^adv + β L_F^adv) + λ_nat (L_KL^nat + β L_F^nat) + γ CE(s^adv, y)   (methods.md §2).
 
@@ -261,7 +261,8 @@ DEFAULTS = dict(
     branch_weights="fixed",    # 'fixed' (lambda_adv/lambda_nat) | 'mtard' (normalised loss balance)
     balance_lr=0.025,          # MTARD balance η (×0.1 at each LR decay)
     beta=1.0,                  # feature term weight (0 = logits only)
-    gamma=0.0,                 # CE(s_adv, y) weight
+    gamma=1.0,                 # CE(s_adv, y) weight: 1 chosen on validation over the first guess 0
+                               # (docs/sa_mdrad_defaults.md; grid_presets.SWEEP_BASE keeps the first guess)
     feature_stages=("final",),  # distilled feature maps, one connector per (teacher, stage)
     feature_distance="mse",    # 'mse' | 'normalized_mse'
     feature_target="nat",      # teacher features from x ('nat') or x' ('adv')

@@ -65,7 +65,8 @@ ABLATIONS = {
     "uniform_weights": lambda c: c.method.update(weighting="uniform"),
     # No feature term (β = 0): no connectors, KL on logits only.
     "logits_only": lambda c: c.method.update(beta=0.0),
-    # No logit KL (kl_scale = 0): the student learns from the feature term only (γ stays 0).
+    # No logit KL (kl_scale = 0): the student learns from the feature term and
+    # the hard-label term γ·CE(s_adv, y) only (γ = 1 by default).
     "features_only": lambda c: c.method.update(kl_scale=0.0),
     # One teacher (the WRN: WRN-34-10): CAW degenerates to w = 1 and the fusion to that teacher.
     "single_teacher": _single_teacher,
