@@ -322,7 +322,7 @@ def digits_converged_grid(epochs: int = 60, teacher_epochs: int = 40) -> dict:
     # SA-MDRAD's defaults are the validation choice gamma=1 (docs/sa_mdrad_defaults.md): its runs are
     # the ones of that label (the sweep's seeds 0-2, sa_mdrad_chosen.py's 3-4: the same config and
     # directory); the first guess's runs stay in 'sa_mdrad', the sweep's base.
-    grid["workdir_names"] = {"sa_mdrad": "sa_mdrad@gamma=1"}
+    grid["workdir_names"] = {"sa_mdrad": defaults_label()}
     from sa_mdrad_jax.methods import method_names
     # The rolled runs were made on the first machine; of this grid's runs only the teacher-free ones are
     # from that machine too (the distillation pairs are in experiments/results/digits_converged_machine1).
@@ -489,8 +489,19 @@ SWEEP_BASE = {"gamma": 0.0, "attack_loss": "ce", "teacher_input_adv": "adv", "re
 def first_guess_label() -> str:
     """The sweep label of the first guess (SWEEP_BASE) relative to SA-MDRAD's current defaults:
     'sa_mdrad@gamma=0' once gamma=1 is the default; 'sa_mdrad' while they agree."""
+    return combined_label({o: first for o, (first, _) in _moved_defaults().items()})
+
+
+def defaults_label() -> str:
+    """The sweep label of SA-MDRAD's current defaults ('sa_mdrad@gamma=1'): the directory name of
+    their runs in a grid that ran the first guess as 'sa_mdrad' before (the sweep's runs are theirs)."""
+    return combined_label({o: now for o, (_, now) in _moved_defaults().items()})
+
+
+def _moved_defaults() -> dict:
+    """{option: (first guess, current default)} of the sweep options whose default changed."""
     defaults = config_lib.method_config("sa_mdrad")
-    return combined_label({o: v for o, v in SWEEP_BASE.items() if defaults[o] != v})
+    return {o: (v, defaults[o]) for o, v in SWEEP_BASE.items() if defaults[o] != v}
 
 
 def sweep_label(option: str, value) -> str:
@@ -758,4 +769,25 @@ def fashion_mnist_grid(*, train_size: int = 20000, epochs: int = 10, teacher_epo
     # The teachers on the same 10,000 test images, without AutoAttack (on the ×2 robust teacher it
     # would cost about four students' worth, > 2 core-hours here).
     grid["evaluate_teachers"] = {"attacks": ("clean", "fgsm", "pgd20", "cw_inf_30"), "attack_points": {}}
-    return grid
+    return with_first_guess(grid)
+
+
+def with_first_guess(grid: dict) -> dict:
+    """`grid` with SA-MDRAD's first guess (SWEEP_BASE, label `first_guess_label()`) beside its
+    defaults: the first guess keeps the runs made before the defaults changed (directory 'sa_mdrad'),
+    the defaults' runs get `defaults_label()` ('sa_mdrad@gamma=1')."""
+    first_guess, inner = first_guess_label(), grid["base_config"]
+    if first_guess == "sa_mdrad" or "sa_mdrad" not in grid["methods"]:
+        return grid
+
+    def base_config(method, dataset, student):
+        if method != first_guess:
+            return inner(method, dataset, student)
+        c = inner("sa_mdrad", dataset, student)
+        c.method.update(SWEEP_BASE)
+        return c
+
+    methods = list(grid["methods"])
+    methods.insert(methods.index("sa_mdrad") + 1, first_guess)
+    return {**grid, "methods": tuple(methods), "base_config": base_config,
+            "workdir_names": {**grid.get("workdir_names", {}), "sa_mdrad": defaults_label(), first_guess: "sa_mdrad"}}

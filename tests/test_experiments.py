@@ -1066,15 +1066,23 @@ def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_mode
     teachers = g["teachers"]["fashion_mnist"]
     assert {n: t["config"].model.to_dict().get("stem_stride", 1) for n, t in teachers.items()} == \
         {"resnet": 2, "vgg": 1, "robust": 2}
-    distils_from = {}
+    distils_from, configs, dirs = {}, {}, {}
     for run in grid.expand(g):
         c = grid.run_config(g, run)
         config_lib.validate(c)
         assert c.model.stem_stride == 2 and c.dataset.train_size == 20000 and c.dataset.validation_size == 1000
         assert abs(c.method.eps - 0.1) < 1e-9 if "method" in c else run.method == "natural"
         distils_from[run.method] = sorted(c.get("teachers", {}).keys())
+        configs[run.method], dirs[run.method] = grid._config_json(c), run.workdir.split("/")[-2]
     assert distils_from == {"natural": [], "pgd_at": [], "trades": [], "rslad": ["robust"], "adaad": ["robust"],
-                            "sa_mdrad": ["resnet", "vgg"]}
+                            "sa_mdrad": ["resnet", "vgg"], "sa_mdrad@gamma=0": ["resnet", "vgg"]}
+    # SA-MDRAD at its defaults (new directory) beside its first guess (the runs made before they changed):
+    # the two configs differ in the moved default only.
+    assert dirs["sa_mdrad"] == "sa_mdrad@gamma=1" and dirs["sa_mdrad@gamma=0"] == "sa_mdrad"
+    assert {k: v for k, v in configs["sa_mdrad"]["method"].items() if configs["sa_mdrad@gamma=0"]["method"][k] != v} \
+        == {"gamma": 1.0}
+    assert {k: v for k, v in configs["sa_mdrad"].items() if k != "method"} == \
+        {k: v for k, v in configs["sa_mdrad@gamma=0"].items() if k != "method"}
 
 
 def test_late_gain_compares_the_last_window_with_the_one_before():
