@@ -9,7 +9,10 @@ heterogeneous networks — WRN-34-10, ResNet-50, VGG-16-BN — each trained firs
 config of the same dataset into `runs/<dataset>/teachers/<model>` (or imported from PyTorch).
 Schedule: the RSLAD/MTARD recipe, 300 epochs, lr 0.1 ×0.1 after 215, 260, 285, wd 2e-4, batch
 128; Tiny-ImageNet (64×64) 200 epochs, ×0.1 after 100 and 150. ε = 8/255, PGD-10 of 2/255. The
-best checkpoint is chosen by pgd20 accuracy on 1,000 held-out test points.
+best checkpoint is chosen by pgd20 accuracy on 1,000 images held out of the training split (never
+on the test split). The method options are SA-MDRAD's library defaults (`sa_mdrad.DEFAULTS`:
+methods.md §2's first guesses with γ = 1, the configuration chosen on the digits validation sweep;
+docs/sa_mdrad_defaults.md).
 
 Each ablation changes one option group of methods.md §2 and nothing else.
 """
