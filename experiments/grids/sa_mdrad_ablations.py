@@ -10,8 +10,8 @@ ablation with it over the same seeds.
 
   python experiments/run_grid.py --grid=experiments/grids/sa_mdrad_ablations.py
 
-Run it after the defaults are settled (experiments/grids/sa_mdrad_sweep.py and what follows it):
-the ablations start from whatever the defaults are.
+The defaults were settled first (experiments/grids/sa_mdrad_sweep.py and what follows it: γ = 1);
+the ablations start from whatever the defaults are. Results: experiments/results/sa_mdrad_ablations/.
 """
 from sa_mdrad_jax.grid_presets import sa_mdrad_ablation_grid
 
