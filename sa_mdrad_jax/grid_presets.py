@@ -715,7 +715,7 @@ def sa_mdrad_chosen_grid(seeds: tuple = (0, 1, 2, 3, 4), finalists_results: str 
 ABLATION_RESULTS = "experiments/results/sa_mdrad_ablations"
 
 
-def sa_mdrad_ablation_grid(seeds: tuple = (0, 1, 2)) -> dict:
+def sa_mdrad_ablation_grid(seeds: tuple = (0, 1, 2, 3, 4)) -> dict:
     """SA-MDRAD's ablations (sa_mdrad_recipes.ABLATIONS: each removes one component from the current
     defaults) on the converged digits protocol and its teachers, evaluated on the TEST split like the
     converged grid (the table the paper's ablation section would hold). Labels 'sa_mdrad~<ablation>';
