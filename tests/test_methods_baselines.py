@@ -271,13 +271,15 @@ def test_sa_mdrad_attack_losses():
 def test_sa_mdrad_mtard_branch_balance_reweights_the_two_branches():
     s_adv, s_nat = jax.random.normal(KEYS[3], (B, C)), jax.random.normal(KEYS[4], (B, C))
     out = Outputs(y=Y, s_adv=s_adv, s_nat=s_nat, t_adv=T2 * 1.5, t_nat=T2)
-    fixed = _method("sa_mdrad", beta=0.0)
-    balanced = _method("sa_mdrad", beta=0.0, branch_weights="mtard")
+    fixed = _method("sa_mdrad", beta=0.0, gamma=0.5)
+    balanced = _method("sa_mdrad", beta=0.0, gamma=0.5, branch_weights="mtard")
     assert fixed.init_state is None and balanced.init_state is not None
     _, terms = fixed.outer_loss(out)
     state = {**balanced.init_state(), "w_nat": jnp.float32(0.3)}
     loss, bterms = balanced.outer_loss(out._replace(state=state))
-    assert float(loss) == pytest.approx(0.7 * float(terms["kl_adv"]) + 0.3 * float(terms["kl_nat"]), rel=1e-5)
+    # The balance weighs the two distillation branches; the hard-label term γ·CE(s_adv, y) stays outside it.
+    assert float(loss) == pytest.approx(0.7 * float(terms["kl_adv"]) + 0.3 * float(terms["kl_nat"])
+                                        + 0.5 * float(terms["ce_adv"]), rel=1e-5)
     assert float(bterms["balance_w_nat"]) == pytest.approx(0.3)
     seen = balanced.state_inputs(out._replace(state=state))
     assert float(seen["adv"]) == pytest.approx(float(terms["kl_adv"]), rel=1e-6)
