@@ -1085,6 +1085,30 @@ def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_mode
         {k: v for k, v in configs["sa_mdrad@gamma=0"].items() if k != "method"}
 
 
+def test_fashion_mnist_seeds_grid_extends_the_one_seed_runs_of_two_students():
+    """Seed 0 of the seeds grid is the one-seed grid's run (same config, same directory); the
+    teachers are that grid's (its snapshots), and only the ones SA-MDRAD needs."""
+    from sa_mdrad_jax import grid_presets
+    one = grid.load_grid("experiments/grids/fashion_mnist.py")
+    seeds = grid.load_grid("experiments/grids/fashion_mnist_seeds.py")
+    assert seeds["seeds"] == (0, 1, 2) and set(seeds["methods"]) == {"pgd_at", "sa_mdrad"}
+    assert seeds["root"] == one["root"] and seeds["results"] != one["results"]
+    assert grid.teacher_snapshot_dir(seeds) == grid.teacher_snapshot_dir(one)
+    assert set(seeds["teachers"]["fashion_mnist"]) == {"resnet", "vgg"}      # no robust teacher to train
+    assert grid.teacher_evaluation(seeds) is None
+    runs_one = {(r.method, r.seed): r for r in grid.expand(one)}
+    for run in grid.expand(seeds):
+        c = grid.run_config(seeds, run)
+        if run.seed == 0:
+            twin = runs_one[(run.method, 0)]
+            assert run.workdir == twin.workdir
+            assert grid._config_json(c) == grid._config_json(grid.run_config(one, twin))
+    sa = next(r for r in grid.expand(seeds) if r.method == "sa_mdrad")
+    assert sa.workdir.split("/")[-2] == grid_presets.defaults_label()
+    with pytest.raises(ValueError, match="not in its set"):
+        grid_presets.fashion_mnist_grid(methods=("sa_mdrad", "no_such_method"))
+
+
 def test_late_gain_compares_the_last_window_with_the_one_before():
     from sa_mdrad_jax import grid_report
     curve = [0.5] * 40 + [0.8] * 10 + [0.83] * 10          # 60 epochs: window 10
