@@ -51,3 +51,6 @@ def test_a_worker_killed_in_native_code_is_reported_with_its_reason(tmp_path):
     report = next(i for i, line in enumerate(tail) if "native crash of worker gw" in line)
     assert "Check failed: the reason of this crash" in tail[report + 1]
     assert tail[report + 2] == "Fatal Python error: Aborted"
+    kept = tail[report].split("all of its stderr: ")[1].rstrip(") =")   # the crashed worker's whole stderr
+    assert "Check failed: the reason of this crash" in open(kept).read()
+    shutil.rmtree(os.path.dirname(kept))
