@@ -1085,13 +1085,13 @@ def test_fashion_mnist_grid_runs_each_method_in_its_setting_with_stride_two_mode
         {k: v for k, v in configs["sa_mdrad@gamma=0"].items() if k != "method"}
 
 
-def test_fashion_mnist_seeds_grid_extends_the_one_seed_runs_of_two_students():
+def test_fashion_mnist_seeds_grid_extends_the_one_seed_runs_of_three_students():
     """Seed 0 of the seeds grid is the one-seed grid's run (same config, same directory); the
     teachers are that grid's (its snapshots), and only the ones SA-MDRAD needs."""
     from sa_mdrad_jax import grid_presets
     one = grid.load_grid("experiments/grids/fashion_mnist.py")
     seeds = grid.load_grid("experiments/grids/fashion_mnist_seeds.py")
-    assert seeds["seeds"] == (0, 1, 2) and set(seeds["methods"]) == {"pgd_at", "sa_mdrad"}
+    assert seeds["seeds"] == (0, 1, 2) and set(seeds["methods"]) == {"pgd_at", "trades", "sa_mdrad"}
     assert seeds["root"] == one["root"] and seeds["results"] != one["results"]
     assert grid.teacher_snapshot_dir(seeds) == grid.teacher_snapshot_dir(one)
     assert set(seeds["teachers"]["fashion_mnist"]) == {"resnet", "vgg"}      # no robust teacher to train
