@@ -8,7 +8,7 @@ Every setting is experiments/grids/fashion_mnist.py's (`grid_presets.fashion_mni
 docstring): the same data, validation split, natural teachers (shared: one set, trained by that grid,
 the same root), 10-epoch schedules, best-validation checkpoints and test evaluation (clean, FGSM,
 PGD-20, CW∞-30 on 10,000 test images, standard AutoAttack on the first 1,000). Seed 0 is that grid's
-run (same directory, nothing re-trained); seeds 1 and 2 are new. The report pairs the two students
+run (same directory, nothing re-trained); seeds 1 and 2 are new. The report pairs the three students
 over the same seeds, so the verdicts now carry seed-to-seed spread.
 
 Cost, measured by the one-seed grid (one core each): PGD-AT ≈ 16 min, TRADES ≈ 19 min, SA-MDRAD
